@@ -1,0 +1,46 @@
+//! Authorization: where bearer tokens come from.
+//!
+//! The client asks its [`AuthProvider`] for a token before every request that needs one, and
+//! tells it when the server rejected a token (HTTP 401), so the provider can fetch a fresh one.
+//! The token is attached in one place, which checks the destination's origin first: only the
+//! FHIR server's origin and origins trusted with
+//! [`BulkClientBuilder::trusted_origin`](crate::BulkClientBuilder::trusted_origin) receive it.
+
+mod static_token;
+
+pub use static_token::StaticToken;
+
+use crate::error::Result;
+use crate::secret::AccessToken;
+use futures::future::BoxFuture;
+use std::fmt;
+use url::Url;
+
+/// What a provider may use to obtain a token.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy)]
+pub struct AuthContext<'a> {
+    /// The HTTP client the [`BulkClient`](crate::BulkClient) uses (timeouts and TLS settings
+    /// included).
+    pub http: &'a reqwest::Client,
+    /// The FHIR base URL, for discovery (`.well-known/smart-configuration`).
+    pub fhir_base: &'a Url,
+    /// Whether the client allows plain `http://` to non-loopback hosts.
+    pub allow_insecure_http: bool,
+}
+
+/// A source of bearer tokens.
+///
+/// Implementations must be cheap to call: the client calls [`AuthProvider::token`] for every
+/// request that needs a token, so cache tokens and refresh them before they expire.
+pub trait AuthProvider: Send + Sync + fmt::Debug {
+    /// A token valid now.
+    fn token<'a>(&'a self, ctx: AuthContext<'a>) -> BoxFuture<'a, Result<AccessToken>>;
+
+    /// The server answered 401 to a request carrying `token`: forget it, so that the next
+    /// [`AuthProvider::token`] call returns a fresh one. Called once per rejected request;
+    /// compare with the cached token so concurrent rejections cause one refresh.
+    fn token_rejected(&self, token: &AccessToken) {
+        let _ = token;
+    }
+}

@@ -1,0 +1,289 @@
+//! A running export: poll it, wait for it, cancel or delete it. A [`JobHandle`] serializes
+//! so another process can pick the job up later.
+
+use crate::client::BulkClient;
+use crate::error::{Error, RequestIds, Result};
+use crate::http::{Call, header_str};
+use crate::manifest::{CompletedExport, Manifest, PageCollector};
+use crate::outcome::OperationOutcome;
+use crate::request::ExportRequest;
+use crate::secret::redact_url;
+use crate::status::{Progress, StatusAnswer, StatusDecision, decide};
+use reqwest::Method;
+use reqwest::header::ACCEPT;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// What identifies an export job on the server; save it to resume polling after a restart.
+///
+/// ```
+/// # use fhir_bulk::JobHandle;
+/// let text = r#"{"status_url":"https://ehr.example/r4/t/bulk-export/jobs/42"}"#;
+/// let handle: JobHandle = serde_json::from_str(text)?;
+/// assert_eq!(handle.status_url.path(), "/r4/t/bulk-export/jobs/42");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobHandle {
+    /// The status URL (the kick-off's `Content-Location`).
+    pub status_url: Url,
+    /// The kick-off URL, without its query string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kickoff_url: Option<String>,
+    /// When the export was kicked off (a FHIR instant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kicked_off_at: Option<String>,
+    /// The request-id headers of the kick-off answer.
+    #[serde(default)]
+    pub request_ids: RequestIds,
+    /// Whether `separate-export-status` was requested.
+    #[serde(default)]
+    pub separate_export_status: bool,
+    /// The kick-off request, when this process sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<ExportRequest>,
+}
+
+impl JobHandle {
+    /// A handle for a status URL obtained elsewhere.
+    pub fn new(status_url: Url) -> Self {
+        JobHandle {
+            status_url,
+            kickoff_url: None,
+            kicked_off_at: None,
+            request_ids: RequestIds::default(),
+            separate_export_status: false,
+            request: None,
+        }
+    }
+}
+
+/// The answer to one status poll.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub enum PollStatus {
+    /// The export is still running.
+    InProgress(Progress),
+    /// The export is complete: the (first) manifest.
+    Complete(Box<Manifest>),
+}
+
+/// What a DELETE of the job found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// The server accepted the DELETE (202 or another 2xx).
+    Deleted,
+    /// The job was already gone (404 or 410).
+    AlreadyGone,
+}
+
+/// An export job on the server.
+#[derive(Debug, Clone)]
+pub struct ExportJob {
+    pub(crate) client: BulkClient,
+    pub(crate) handle: JobHandle,
+    pub(crate) kickoff_outcome: Option<OperationOutcome>,
+}
+
+impl BulkClient {
+    /// The job behind a saved [`JobHandle`], to poll, wait for or delete it.
+    pub fn job(&self, handle: JobHandle) -> ExportJob {
+        ExportJob {
+            client: self.clone(),
+            handle,
+            kickoff_outcome: None,
+        }
+    }
+
+    /// The job behind a status URL (absolute, or relative to the FHIR base).
+    pub fn job_at(&self, status_url: &str) -> Result<ExportJob> {
+        let url =
+            crate::kickoff::resolve_status_url(&self.inner.base, status_url).ok_or_else(|| {
+                Error::InvalidConfig {
+                    setting: "status_url",
+                    message: format!("`{status_url}` is not an http(s) URL"),
+                }
+            })?;
+        Ok(self.job(JobHandle::new(url)))
+    }
+}
+
+impl ExportJob {
+    /// The handle to save for resuming later.
+    pub fn handle(&self) -> &JobHandle {
+        &self.handle
+    }
+
+    /// The status URL.
+    pub fn status_url(&self) -> &Url {
+        &self.handle.status_url
+    }
+
+    /// The `OperationOutcome` the server sent with its `202 Accepted`, if any.
+    pub fn kickoff_outcome(&self) -> Option<&OperationOutcome> {
+        self.kickoff_outcome.as_ref()
+    }
+
+    fn get(&self, context: &'static str, url: Url) -> Call {
+        Call::new(context, Method::GET, url).header(ACCEPT, "application/json")
+    }
+
+    /// Polls the status URL once. Transient failures (429, 5xx without a FHIR body, transient
+    /// issue codes, connection errors) are retried under the client's
+    /// [`RetryPolicy`](crate::RetryPolicy) within this call.
+    pub async fn poll(&self) -> Result<PollStatus> {
+        let inner = &self.client.inner;
+        let call = self.get("the status request", self.handle.status_url.clone());
+        let mut schedule = backon::BackoffBuilder::build(inner.retry.backoff());
+        let started = tokio::time::Instant::now();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let answer = inner.request(&call).await?;
+            let url = redact_url(&answer.url);
+            let facts = StatusAnswer {
+                http_status: answer.status,
+                export_status: answer.header("x-export-status"),
+                x_progress: answer.header("x-progress"),
+                expires: answer.header("expires"),
+                retry_after: inner.retry_after(&answer.headers),
+                body: &answer.body,
+                url: &url,
+            };
+            let decision = decide(&facts, |status| {
+                let mut report = answer.error_response(inner);
+                report.status = status;
+                report
+            })?;
+            return match decision {
+                StatusDecision::InProgress(progress) => Ok(PollStatus::InProgress(progress)),
+                StatusDecision::Complete(manifest) => Ok(PollStatus::Complete(manifest)),
+                StatusDecision::NotFound(r) => Err(Error::JobNotFound(Box::new(r))),
+                StatusDecision::Failed(r) => Err(Error::JobFailed(Box::new(r))),
+                StatusDecision::Unauthorized(_) => {
+                    Err(inner.unexpected("the status request", &answer))
+                }
+                StatusDecision::Retry(report) => {
+                    let wait = inner.retry.adjust(schedule.next(), report.retry_after);
+                    let Some(wait) = wait else {
+                        return Err(Error::RetriesExhausted {
+                            attempts,
+                            elapsed: started.elapsed(),
+                            last: Box::new(Error::UnexpectedResponse {
+                                context: "the status request",
+                                response: Box::new(report),
+                            }),
+                        });
+                    };
+                    (inner.sleep)(wait).await;
+                    continue;
+                }
+            };
+        }
+    }
+
+    /// Polls until the export completes, then follows manifest `next` links, and returns
+    /// every manifest page. Waits follow the client's [`PollPolicy`](crate::PollPolicy).
+    pub async fn wait(&self) -> Result<CompletedExport> {
+        self.wait_with(|_| {}).await
+    }
+
+    /// [`ExportJob::wait`], calling `on_progress` with every in-progress answer (to show
+    /// `X-Progress`, or to start on the files of partial manifests early).
+    pub async fn wait_with(
+        &self,
+        mut on_progress: impl FnMut(&Progress),
+    ) -> Result<CompletedExport> {
+        let inner = &self.client.inner;
+        let policy = &inner.poll;
+        let started = tokio::time::Instant::now();
+        let mut pages = PageCollector::default();
+        let mut attempt: u32 = 0;
+        loop {
+            match self.poll().await? {
+                PollStatus::Complete(manifest) => {
+                    self.collect(&mut pages, *manifest, true).await?;
+                    return Ok(pages.finish(self.handle.status_url.clone()));
+                }
+                PollStatus::InProgress(progress) => {
+                    on_progress(&progress);
+                    if let Some(partial) = progress.partial_manifest.clone() {
+                        self.collect(&mut pages, *partial, false).await?;
+                    }
+                    let mut wait = policy.delay(attempt, progress.retry_after, fastrand::f64());
+                    attempt = attempt.saturating_add(1);
+                    if let Some(deadline) = policy.deadline {
+                        let left = deadline.saturating_sub(started.elapsed());
+                        if left.is_zero() {
+                            return Err(Error::PollDeadline {
+                                deadline,
+                                status_url: redact_url(&self.handle.status_url),
+                            });
+                        }
+                        wait = wait.min(left);
+                    }
+                    (inner.sleep)(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Adds a manifest and every page behind its `next` links.
+    async fn collect(&self, pages: &mut PageCollector, first: Manifest, keep: bool) -> Result<()> {
+        let inner = &self.client.inner;
+        let mut next = pages.add(first, keep);
+        while let Some(link) = next {
+            let url = self
+                .handle
+                .status_url
+                .join(&link)
+                .map_err(|e| Error::BadManifest {
+                    url: redact_url(&self.handle.status_url),
+                    message: format!("manifest `next` link is not a URL: {e}"),
+                })?;
+            let answer = inner
+                .request(&self.get("a manifest page request", url))
+                .await?;
+            let page = match answer.status {
+                200 => {
+                    let mut page = Manifest::from_slice(&answer.body, &redact_url(&answer.url))?;
+                    page.expires = header_str(&answer.headers, "expires")
+                        .and_then(|e| httpdate::parse_http_date(e).ok());
+                    page
+                }
+                404 | 410 => {
+                    return Err(Error::JobNotFound(Box::new(answer.error_response(inner))));
+                }
+                401 | 403 => return Err(inner.unexpected("a manifest page request", &answer)),
+                _ => return Err(Error::JobFailed(Box::new(answer.error_response(inner)))),
+            };
+            next = pages.add(page, true);
+        }
+        Ok(())
+    }
+
+    /// Cancels a running export (DELETE on the status URL). Same request as
+    /// [`ExportJob::delete`]; named for use before completion.
+    pub async fn cancel(&self) -> Result<DeleteOutcome> {
+        self.delete_as("cancelling the export job").await
+    }
+
+    /// Tells the server the files are downloaded and may be removed (DELETE on the status
+    /// URL). Servers that allow one export per client need it before the next kick-off.
+    pub async fn delete(&self) -> Result<DeleteOutcome> {
+        self.delete_as("deleting the export job").await
+    }
+
+    async fn delete_as(&self, context: &'static str) -> Result<DeleteOutcome> {
+        let inner = &self.client.inner;
+        let call = Call::new(context, Method::DELETE, self.handle.status_url.clone())
+            .header(ACCEPT, "application/fhir+json");
+        let answer = inner.request(&call).await?;
+        match answer.status {
+            200..=299 => Ok(DeleteOutcome::Deleted),
+            404 | 410 => Ok(DeleteOutcome::AlreadyGone),
+            _ => Err(inner.unexpected(context, &answer)),
+        }
+    }
+}

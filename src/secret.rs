@@ -1,0 +1,144 @@
+//! Secret values that never appear in `Debug`, `Display`, logs or errors.
+
+use std::fmt;
+use url::Url;
+
+/// A string that must not be shown: a token, a client secret, a key, a signed assertion.
+///
+/// `Debug` and `Display` print `[redacted]`; read the value with [`SecretString::expose_secret`].
+///
+/// ```
+/// use fhir_bulk::SecretString;
+/// let s = SecretString::new("hunter2");
+/// assert_eq!(format!("{s:?}"), "[redacted]");
+/// assert_eq!(s.expose_secret(), "hunter2");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(Box<str>);
+
+impl SecretString {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        SecretString(value.into().into_boxed_str())
+    }
+
+    /// The secret itself. Call this only where the value is sent.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SecretString {
+    fn from(value: String) -> Self {
+        SecretString::new(value)
+    }
+}
+
+impl From<&str> for SecretString {
+    fn from(value: &str) -> Self {
+        SecretString::new(value)
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A bearer access token.
+///
+/// `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken(SecretString);
+
+impl AccessToken {
+    /// Wraps a token value.
+    pub fn new(value: impl Into<String>) -> Self {
+        AccessToken(SecretString::new(value))
+    }
+
+    /// The token itself, for the `Authorization` header.
+    pub fn secret(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessToken([redacted])")
+    }
+}
+
+impl fmt::Display for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A URL as it may be shown: without user info, query string or fragment, which can hold
+/// credentials (pre-signed object-storage URLs carry their signature in the query).
+pub(crate) fn redact_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    let had_query = shown.query().is_some();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let mut text = shown.to_string();
+    if had_query {
+        text.push_str("?[redacted]");
+    }
+    text
+}
+
+/// [`redact_url`] for text that may not parse as a URL.
+pub(crate) fn redact_url_str(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(parsed) => redact_url(&parsed),
+        Err(_) => match url.split_once('?') {
+            Some((head, _)) => format!("{head}?[redacted]"),
+            None => url.to_owned(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_string_is_redacted() {
+        let s = SecretString::new("s3cr3t-value");
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        assert_eq!(format!("{s}"), "[redacted]");
+        assert_eq!(s.expose_secret(), "s3cr3t-value");
+    }
+
+    #[test]
+    fn access_token_is_redacted() {
+        let t = AccessToken::new("eyJhbGciOi.token.value");
+        assert!(!format!("{t:?}").contains("eyJ"));
+        assert!(!format!("{t}").contains("eyJ"));
+        assert_eq!(t.secret(), "eyJhbGciOi.token.value");
+    }
+
+    #[test]
+    fn presigned_query_is_redacted() {
+        let url = Url::parse(
+            "https://bucket.s3.amazonaws.com/f.ndjson?X-Amz-Signature=abcdef&X-Amz-Credential=AKIA",
+        )
+        .unwrap();
+        let shown = redact_url(&url);
+        assert_eq!(shown, "https://bucket.s3.amazonaws.com/f.ndjson?[redacted]");
+        let user = Url::parse("https://user:pw@host.example/a").unwrap();
+        assert_eq!(redact_url(&user), "https://host.example/a");
+        assert_eq!(redact_url_str("not a url?sig=1"), "not a url?[redacted]");
+    }
+}
