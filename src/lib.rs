@@ -1,3 +1,6 @@
 //! `fhir-bulk`: an async client for the FHIR Bulk Data Access API (`$export`).
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
+
+#[cfg(feature = "testing")]
+pub mod testing;
