@@ -498,7 +498,8 @@ fn pad(out: &mut String, rng: &mut Rng, start: usize, at: usize, len: u64) {
         if !filler.is_empty() {
             filler.push(' ');
         }
-        filler.push_str(*rng.pick(WORDS));
+        let word: &&str = rng.pick(WORDS);
+        filler.push_str(word);
     }
     filler.truncate(want);
     out.insert_str(at, &filler);

@@ -63,6 +63,15 @@ impl FileSpec {
     }
 }
 
+/// A file of a job before it is measured.
+struct Planned {
+    name: String,
+    section: Section,
+    resource_type: Option<&'static str>,
+    content: Content,
+    continues_in: Option<String>,
+}
+
 /// An export job.
 #[derive(Debug)]
 pub(crate) struct Job {
@@ -93,13 +102,7 @@ impl Job {
         organized: bool,
     ) -> Job {
         let ds = &shared.dataset;
-        let mut planned: Vec<(
-            String,
-            Section,
-            Option<&'static str>,
-            Content,
-            Option<String>,
-        )> = Vec::new();
+        let mut planned: Vec<Planned> = Vec::new();
         if organized {
             let block = ds.block_size(types);
             let total = ds.patients().saturating_mul(block);
@@ -108,17 +111,17 @@ impl Job {
             for (i, &(start, end)) in ranges.iter().enumerate() {
                 let continues =
                     (end < total && end % block != 0).then(|| format!("patients.{}.ndjson", i + 2));
-                planned.push((
-                    format!("patients.{}.ndjson", i + 1),
-                    Section::Output,
-                    None,
-                    Content::Organized {
+                planned.push(Planned {
+                    name: format!("patients.{}.ndjson", i + 1),
+                    section: Section::Output,
+                    resource_type: None,
+                    content: Content::Organized {
                         types: types.clone(),
                         start,
                         end,
                     },
-                    continues,
-                ));
+                    continues_in: continues,
+                });
             }
         } else {
             for &ty in types {
@@ -126,13 +129,13 @@ impl Job {
                     continue;
                 };
                 for (i, (start, end)) in ds.type_ranges(ty).into_iter().enumerate() {
-                    planned.push((
-                        format!("{}.{}.ndjson", t.kind.name(), i + 1),
-                        Section::Output,
-                        Some(t.kind.name()),
-                        Content::Type { ty, start, end },
-                        None,
-                    ));
+                    planned.push(Planned {
+                        name: format!("{}.{}.ndjson", t.kind.name(), i + 1),
+                        section: Section::Output,
+                        resource_type: Some(t.kind.name()),
+                        content: Content::Type { ty, start, end },
+                        continues_in: None,
+                    });
                 }
             }
         }
@@ -141,33 +144,40 @@ impl Job {
             .filter_map(|&t| ds.types().get(t).map(|t| t.kind))
             .collect();
         if !shared.config.error_severities.is_empty() {
-            planned.push((
-                "errors.ndjson".into(),
-                Section::Error,
-                Some("OperationOutcome"),
-                Content::Errors {
+            planned.push(Planned {
+                name: "errors.ndjson".into(),
+                section: Section::Error,
+                resource_type: Some("OperationOutcome"),
+                content: Content::Errors {
                     severities: shared.config.error_severities.clone().into(),
                     types: kinds.clone(),
                 },
-                None,
-            ));
+                continues_in: None,
+            });
         }
         if shared.config.deleted > 0 {
-            planned.push((
-                "deleted.ndjson".into(),
-                Section::Deleted,
-                Some("Bundle"),
-                Content::Deleted {
+            planned.push(Planned {
+                name: "deleted.ndjson".into(),
+                section: Section::Deleted,
+                resource_type: Some("Bundle"),
+                content: Content::Deleted {
                     count: shared.config.deleted,
                     types: kinds,
                 },
-                None,
-            ));
+                continues_in: None,
+            });
         }
         let mut output_index = 0;
         let files = planned
             .into_iter()
-            .map(|(name, section, resource_type, content, continues_in)| {
+            .map(|planned| {
+                let Planned {
+                    name,
+                    section,
+                    resource_type,
+                    content,
+                    continues_in,
+                } = planned;
                 let (len, count) = ds.lines(&content).measure();
                 let etag = format!(
                     "\"{:016x}\"",
@@ -362,18 +372,18 @@ pub(crate) async fn kickoff(State(shared): State<Arc<Shared>>, request: Request)
                     }
                 }
             }
-            "_outputFormat" => {
+            "_outputFormat"
                 if !matches!(
                     value.as_str(),
                     "application/fhir+ndjson" | "application/ndjson" | "ndjson"
-                ) {
-                    return bad_request(
-                        "not-supported",
-                        &format!(
-                            "_outputFormat '{value}' is not supported; use application/fhir+ndjson"
-                        ),
-                    );
-                }
+                ) =>
+            {
+                return bad_request(
+                    "not-supported",
+                    &format!(
+                        "_outputFormat '{value}' is not supported; use application/fhir+ndjson"
+                    ),
+                );
             }
             "organizeOutputBy" => {
                 if value == "Patient" {
