@@ -1277,3 +1277,42 @@ async fn shutdown_and_drop_stop_the_server() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(client.get(url).send().await.is_err());
 }
+
+/// The cut is exact even when the client reads slowly (the server's socket
+/// buffer fills up and the last bytes are still queued when the fault fires).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_after_is_exact_with_a_slow_reader() {
+    const CUT: usize = 2 << 20;
+    let server = TestServer::builder()
+        .patients(400)
+        .fault(Fault::drop_after(CUT as u64).on_file_index(1))
+        .start()
+        .await
+        .expect("server");
+    let client = raw_client();
+    let (_, manifest) = export(&client, &server, "$export?_type=Patient,Observation").await;
+    let url = manifest["output"][1]["url"].as_str().expect("url");
+    let response = client.get(url).send().await.expect("GET");
+    let mut stream = response.bytes_stream();
+    let mut got = Vec::new();
+    let mut failed = false;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => got.extend_from_slice(&chunk),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(failed);
+    assert_eq!(got.len(), CUT);
+    let expected: Vec<u8> = server
+        .file_lines(url)
+        .expect("file")
+        .flat_map(|l| (l + "\n").into_bytes())
+        .take(CUT)
+        .collect();
+    assert_eq!(got, expected);
+}

@@ -70,7 +70,8 @@ pub enum FaultTarget {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FaultKind {
-    /// Answer with this HTTP status (typically 5xx) and an OperationOutcome.
+    /// Answer with this HTTP status (typically 5xx; anything outside
+    /// 200..=599 becomes 500) and an OperationOutcome.
     Status(u16),
     /// Answer `429 Too Many Requests` with an OperationOutcome whose issue
     /// code is `throttled`, and this raw `Retry-After` value if any.

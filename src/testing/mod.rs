@@ -13,6 +13,10 @@
 //! | `GET files/{job}/{name}` | NDJSON (`application/fhir+ndjson`), optionally gzip-encoded, with `ETag`, `Range`/`If-Range` support |
 //!
 //! Every error answer carries a FHIR `OperationOutcome` (`application/fhir+json`).
+//! Other kick-off parameters (`_since`, `_typeFilter`, `patient`, `_elements`,
+//! `includeAssociatedData`, ...) are accepted and ignored; a `_type` naming a
+//! type the server does not export, an `_outputFormat` other than NDJSON and
+//! an `organizeOutputBy` other than `Patient` get `400`.
 //!
 //! Files are generated while they are sent, so a file of any size (see
 //! [`TestServerBuilder::file_bytes`]) is served in bounded memory. What a
@@ -241,8 +245,9 @@ impl TestServer {
         self.shared.url_generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Stops accepting connections, waits for in-flight responses to finish,
-    /// then returns.
+    /// Stops accepting connections, closes idle ones, waits for in-flight
+    /// responses to finish (a stalled or trickled body included), then
+    /// returns. Drop the server instead to cut everything at once.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         if let Some(task) = self.task.take() {
@@ -412,7 +417,8 @@ impl TestServerBuilder {
         self
     }
 
-    /// Binds `127.0.0.1:0` and starts serving on the current tokio runtime.
+    /// Binds `127.0.0.1:0` and starts serving on the current tokio runtime
+    /// (it must be called from within one; any flavour works).
     ///
     /// Fails with [`io::ErrorKind::InvalidInput`] for an unsupported resource
     /// type, a `file_bytes` type that is not exported, or a zero

@@ -132,7 +132,10 @@ pub(crate) fn set_header(response: &mut Response, name: HeaderName, value: &str)
 pub(crate) fn fault_response(kind: &FaultKind) -> Option<Response> {
     match kind {
         FaultKind::Status(code) => {
-            let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let status = StatusCode::from_u16(*code)
+                .ok()
+                .filter(|s| (200..600).contains(&s.as_u16()))
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let issue = match status.as_u16() {
                 502..=504 => "transient",
                 429 => "throttled",
