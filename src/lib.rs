@@ -86,3 +86,5 @@ pub use retry::RetryPolicy;
 pub use secret::{AccessToken, SecretString};
 pub use status::{Progress, parse_progress_percent};
 pub use validate::MAX_PATIENTS;
+#[cfg(feature = "testing")]
+pub mod testing;
