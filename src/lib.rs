@@ -3,3 +3,5 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 pub mod ndjson;
+pub mod outcome;
+pub mod resource;
