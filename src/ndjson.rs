@@ -194,8 +194,8 @@ impl FrameError {
 pub struct Checkpoint {
     /// Byte offset in the file just past the terminator of the last complete
     /// line (delivered, blank or discarded), or just past the byte order
-    /// mark, or 0 at the start. It always sits
-    /// at the start of a line (or at the end of the file).
+    /// mark, or 0 at the start. It always sits at the start of a line (or at
+    /// the end of the file).
     pub offset: u64,
     /// The 1-based number of the line that starts at `offset`.
     pub line: u64,
