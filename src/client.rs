@@ -38,6 +38,8 @@ pub struct BulkClient {
 
 pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
+    /// Downloads: must not decompress by itself, so byte offsets are the server's (Range).
+    pub(crate) download_http: reqwest::Client,
     pub(crate) base: Url,
     pub(crate) auth: Option<Arc<dyn AuthProvider>>,
     pub(crate) trusted_origins: Vec<Origin>,
@@ -117,6 +119,7 @@ impl BulkClient {
 pub struct BulkClientBuilder {
     base_url: String,
     http: Option<reqwest::Client>,
+    download_http: Option<reqwest::Client>,
     user_agent: String,
     headers: Vec<(String, String)>,
     auth: Option<Arc<dyn AuthProvider>>,
@@ -209,6 +212,7 @@ impl BulkClientBuilder {
         BulkClientBuilder {
             base_url,
             http: None,
+            download_http: None,
             user_agent: DEFAULT_USER_AGENT.to_owned(),
             headers: Vec::new(),
             auth: None,
@@ -229,6 +233,16 @@ impl BulkClientBuilder {
     /// if yours does not, and reqwest drops `Authorization` on cross-host redirects either way.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.http = Some(client);
+        self
+    }
+
+    /// Uses this `reqwest::Client` for file downloads. Build it with `.no_gzip()` and
+    /// `redirect(Policy::none())`: the client decodes gzip itself, so that an interrupted
+    /// download can resume with `Range` at the server's byte offset. By default downloads use
+    /// a client the crate builds with the same timeouts (not the one given to
+    /// [`BulkClientBuilder::http_client`], which may decompress on its own).
+    pub fn download_http_client(mut self, client: reqwest::Client) -> Self {
+        self.download_http = Some(client);
         self
     }
 
@@ -360,20 +374,27 @@ impl BulkClientBuilder {
         if self.poll.max_interval.is_zero() {
             return Err(invalid("poll_policy", "max_interval must be above zero"));
         }
-        let http = match self.http {
-            Some(http) => http,
-            None => reqwest::Client::builder()
+        let build = |gzip: bool| {
+            reqwest::Client::builder()
                 .connect_timeout(self.connect_timeout)
                 .read_timeout(self.read_timeout)
                 .redirect(reqwest::redirect::Policy::none())
+                .gzip(gzip)
                 .build()
-                .map_err(|e| {
-                    invalid("http_client", format!("cannot build the HTTP client: {e}"))
-                })?,
+                .map_err(|e| invalid("http_client", format!("cannot build the HTTP client: {e}")))
+        };
+        let download_http = match self.download_http {
+            Some(http) => http,
+            None => build(false)?,
+        };
+        let http = match self.http {
+            Some(http) => http,
+            None => build(true)?,
         };
         Ok(BulkClient {
             inner: Arc::new(Inner {
                 http,
+                download_http,
                 base,
                 auth: self.auth,
                 trusted_origins,

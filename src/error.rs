@@ -128,6 +128,53 @@ pub enum Error {
         message: String,
     },
 
+    /// A file URL has expired (the manifest's `Expires` passed, or the server said so).
+    #[error(
+        "the file has expired: {response}. Fetch a fresh manifest with \
+         `ExportJob::refresh_manifest` (servers may issue new URLs) and download again, or \
+         start a new export"
+    )]
+    FileExpired {
+        /// The server's answer.
+        response: Box<ErrorResponse>,
+    },
+
+    /// A line of an NDJSON file is unusable.
+    #[error("{file}, line {line}: {kind}: {message}")]
+    InvalidLine {
+        /// The file's URL, without its query string.
+        file: String,
+        /// The 1-based physical line number.
+        line: u64,
+        /// What is wrong.
+        kind: LineErrorKind,
+        /// Details (the parser's message, the types involved).
+        message: String,
+    },
+
+    /// A file held a different number of resources than the manifest's `count`.
+    #[error("{file}: the manifest says {expected} resources, the file held {actual}")]
+    CountMismatch {
+        /// The file's URL, without its query string.
+        file: String,
+        /// The manifest's `count`.
+        expected: u64,
+        /// Lines read.
+        actual: u64,
+    },
+
+    /// Reading or writing a local file failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done, e.g. `"writing"`.
+        action: &'static str,
+        /// The local path.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// The export did not complete within the poll policy's deadline.
     #[error(
         "the export did not complete within {deadline:?} (the poll policy's deadline); the job is still on the server at {status_url}"
@@ -164,6 +211,28 @@ impl fmt::Display for TransportErrorKind {
             TransportErrorKind::Body => "broken response body",
             TransportErrorKind::Redirect => "redirect failure",
             TransportErrorKind::Other => "HTTP failure",
+        })
+    }
+}
+
+/// What is wrong with an NDJSON line.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineErrorKind {
+    /// Longer than the maximum line length.
+    TooLong,
+    /// Not valid JSON, or not the shape the caller's type expects.
+    Parse,
+    /// Its `resourceType` is not the manifest entry's `type`.
+    WrongType,
+}
+
+impl fmt::Display for LineErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LineErrorKind::TooLong => "line too long",
+            LineErrorKind::Parse => "unparsable line",
+            LineErrorKind::WrongType => "unexpected resourceType",
         })
     }
 }
@@ -258,7 +327,8 @@ impl Error {
             | Error::ExportInProgress(r)
             | Error::JobFailed(r)
             | Error::JobNotFound(r)
-            | Error::UnexpectedResponse { response: r, .. } => Some(r),
+            | Error::UnexpectedResponse { response: r, .. }
+            | Error::FileExpired { response: r } => Some(r),
             Error::Auth { response, .. } => response.as_deref(),
             Error::RetriesExhausted { last, .. } => last.response(),
             _ => None,

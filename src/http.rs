@@ -50,6 +50,8 @@ pub(crate) struct Call {
     pub(crate) idempotent: bool,
     /// Whether a 429 answer is retried (status polls) or returned (kick-off: its own error).
     pub(crate) retry_throttled: bool,
+    /// A file download: sent with the client that does not decompress.
+    pub(crate) download: bool,
 }
 
 impl Call {
@@ -63,6 +65,7 @@ impl Call {
             token: TokenUse::Required,
             idempotent: true,
             retry_throttled: true,
+            download: false,
         }
     }
 
@@ -232,8 +235,12 @@ impl Inner {
             } else {
                 None
             };
-            let mut request = self
-                .http
+            let http = if call.download {
+                &self.download_http
+            } else {
+                &self.http
+            };
+            let mut request = http
                 .request(method.clone(), url.clone())
                 .headers(call.headers.clone())
                 .header(header::USER_AGENT, self.user_agent.clone());

@@ -263,6 +263,13 @@ impl ExportJob {
         Ok(())
     }
 
+    /// Fetches the manifest again, for fresh file URLs after they expired
+    /// ([`Error::FileExpired`]): servers may answer a completed job's status URL with new
+    /// links or a new `Expires`. Polls until complete if the job is not.
+    pub async fn refresh_manifest(&self) -> Result<CompletedExport> {
+        self.wait().await
+    }
+
     /// Cancels a running export (DELETE on the status URL). Same request as
     /// [`ExportJob::delete`]; named for use before completion.
     pub async fn cancel(&self) -> Result<DeleteOutcome> {

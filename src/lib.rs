@@ -58,6 +58,7 @@
 
 pub mod auth;
 mod client;
+pub mod download;
 mod error;
 mod fhir_time;
 mod http;
@@ -75,7 +76,8 @@ mod status;
 mod validate;
 
 pub use client::{BulkClient, BulkClientBuilder, DEFAULT_USER_AGENT};
-pub use error::{Error, ErrorResponse, RequestIds, Result, TransportErrorKind};
+pub use download::{DownloadOptions, InvalidLines, Record, RecordStream};
+pub use error::{Error, ErrorResponse, LineErrorKind, RequestIds, Result, TransportErrorKind};
 pub use job::{DeleteOutcome, ExportJob, JobHandle, PollStatus};
 pub use manifest::{CompletedExport, ExportFile, FileKind, Manifest, ManifestFile, ManifestLink};
 pub use outcome::OperationOutcome;

@@ -1,0 +1,385 @@
+//! Downloading export files as streams of resources, lines, error outcomes or deletions.
+//!
+//! Every stream is `Send + 'static` with one item type, [`Record`], which tells the file and
+//! line each item came from. A transfer that breaks off is resumed (see [`body`]) and every
+//! line is delivered exactly once. Memory stays bounded by the chunk size and the maximum line
+//! length, whatever the file size. Parsing happens as the caller pulls items, one chunk at a
+//! time, so no single poll of a stream blocks the runtime for long.
+
+mod body;
+mod decode;
+mod expiry;
+mod lines;
+mod save;
+
+pub use save::{SaveOptions, SaveReport, SavedFile, file_names};
+
+use crate::client::BulkClient;
+use crate::error::{Error, LineErrorKind, Result};
+use crate::http::TokenUse;
+use crate::manifest::{CompletedExport, ExportFile, FileKind};
+use crate::ndjson::DEFAULT_MAX_LINE_LEN;
+use crate::outcome::OperationOutcome;
+use crate::resource::{
+    DeletedResource, ParseError, deleted_resources, parse_line, probe_resource_type,
+};
+use crate::secret::redact_url_str;
+use body::FileRequest;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::{self, BoxStream};
+use lines::{SourcedLine, line_stream};
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+
+/// What to do with a line that cannot be used (unparsable, wrong `resourceType`, too long).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InvalidLines {
+    /// Yield the error and end the file's stream.
+    #[default]
+    Stop,
+    /// Yield the error as an `Err` item and go on with the next line.
+    Report,
+}
+
+/// How files are downloaded and read.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadOptions {
+    /// Files downloaded at once by the whole-export streams. Default 4.
+    pub concurrency: usize,
+    /// The longest line accepted; memory per file never grows past it. Default 64 MiB.
+    pub max_line_bytes: usize,
+    /// What an unusable line does. Default [`InvalidLines::Stop`].
+    pub invalid_lines: InvalidLines,
+    /// Check each line's `resourceType` against the manifest entry's `type` (not for
+    /// `organizeOutputBy` files, which mix types). Default true.
+    pub check_resource_type: bool,
+    /// Report a file whose number of resources differs from the manifest's `count`. Default
+    /// true.
+    pub check_count: bool,
+}
+
+impl Default for DownloadOptions {
+    fn default() -> Self {
+        DownloadOptions {
+            concurrency: 4,
+            max_line_bytes: DEFAULT_MAX_LINE_LEN,
+            invalid_lines: InvalidLines::Stop,
+            check_resource_type: true,
+            check_count: true,
+        }
+    }
+}
+
+impl DownloadOptions {
+    /// Sets [`DownloadOptions::concurrency`] (at least 1).
+    #[must_use]
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Sets [`DownloadOptions::max_line_bytes`].
+    #[must_use]
+    pub fn with_max_line_bytes(mut self, n: usize) -> Self {
+        self.max_line_bytes = n;
+        self
+    }
+
+    /// Sets [`DownloadOptions::invalid_lines`].
+    #[must_use]
+    pub fn with_invalid_lines(mut self, policy: InvalidLines) -> Self {
+        self.invalid_lines = policy;
+        self
+    }
+
+    /// Sets [`DownloadOptions::check_resource_type`].
+    #[must_use]
+    pub fn with_check_resource_type(mut self, check: bool) -> Self {
+        self.check_resource_type = check;
+        self
+    }
+
+    /// Sets [`DownloadOptions::check_count`].
+    #[must_use]
+    pub fn with_check_count(mut self, check: bool) -> Self {
+        self.check_count = check;
+        self
+    }
+}
+
+/// The file an item came from.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    /// The file URL, without its query string.
+    pub url: String,
+    /// Output, error or deleted.
+    pub kind: FileKind,
+    /// The manifest entry's `type`.
+    pub resource_type: Option<String>,
+    /// The manifest entry's `count`.
+    pub count: Option<u64>,
+    /// The `outputOrganizedBy` of its manifest page.
+    pub organized_by: Option<String>,
+}
+
+/// One item of a download stream and where it came from.
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub struct Record<T> {
+    /// The item: a resource, a line's bytes, an `OperationOutcome`, a deletion.
+    pub resource: T,
+    /// The file it came from.
+    pub file: Arc<FileInfo>,
+    /// The 1-based line number in that file.
+    pub line: u64,
+    /// The subject reference of its `organizeOutputBy` block (e.g. `Patient/p-1`). Named
+    /// `block`, not `subject`, so it does not hide a `subject` field of `T` through `Deref`.
+    pub block: Option<Arc<str>>,
+}
+
+impl<T> std::ops::Deref for Record<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.resource
+    }
+}
+
+/// A stream of download items.
+pub type RecordStream<T> = BoxStream<'static, Result<Record<T>>>;
+
+fn request_for(file: &ExportFile) -> Result<FileRequest> {
+    Ok(FileRequest {
+        url: file.file.http_url()?,
+        token: if file.requires_access_token {
+            TokenUse::Required
+        } else {
+            TokenUse::Never
+        },
+        expires: file.expires,
+    })
+}
+
+fn info_for(file: &ExportFile) -> Arc<FileInfo> {
+    Arc::new(FileInfo {
+        url: redact_url_str(&file.file.url),
+        kind: file.kind,
+        resource_type: file.file.resource_type.clone(),
+        count: file.file.count,
+        organized_by: file.organized_by.clone(),
+    })
+}
+
+fn line_error(file: &FileInfo, line: u64, err: ParseError) -> Error {
+    let kind = match err {
+        ParseError::UnexpectedResourceType { .. } => LineErrorKind::WrongType,
+        _ => LineErrorKind::Parse,
+    };
+    Error::InvalidLine {
+        file: file.url.clone(),
+        line,
+        kind,
+        message: err.to_string(),
+    }
+}
+
+/// Maps each line of one file with `parse`, applying the invalid-line policy.
+fn map_lines<T, F>(
+    client: &BulkClient,
+    file: &ExportFile,
+    options: &DownloadOptions,
+    mut parse: F,
+) -> RecordStream<T>
+where
+    T: Send + 'static,
+    F: FnMut(&FileInfo, &SourcedLine) -> std::result::Result<Vec<T>, ParseError> + Send + 'static,
+{
+    let info = info_for(file);
+    let request = match request_for(file) {
+        Ok(request) => request,
+        Err(e) => return stream::once(async move { Err(e) }).boxed(),
+    };
+    let lines = line_stream(client.inner.clone(), request, info.clone(), options.clone());
+    let policy = options.invalid_lines;
+    let stream = async_stream::stream! {
+        futures::pin_mut!(lines);
+        while let Some(next) = lines.next().await {
+            let line = match next {
+                Ok(line) => line,
+                Err(e @ Error::InvalidLine { .. }) => {
+                    yield Err(e);
+                    if policy == InvalidLines::Stop {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    yield Err(e);
+                    return;
+                }
+            };
+            match parse(&info, &line) {
+                Ok(items) => {
+                    for resource in items {
+                        yield Ok(Record {
+                            resource,
+                            file: info.clone(),
+                            line: line.line.number(),
+                            block: line.subject.clone(),
+                        });
+                    }
+                }
+                Err(err) => {
+                    yield Err(line_error(&info, line.line.number(), err));
+                    if policy == InvalidLines::Stop { return; }
+                }
+            }
+        }
+    };
+    stream.boxed()
+}
+
+/// Downloads files one after another per `continuesInFile` chain, chains concurrently.
+fn across_files<T, F>(files: Vec<ExportFile>, concurrency: usize, one: F) -> RecordStream<T>
+where
+    T: Send + 'static,
+    F: Fn(&ExportFile) -> RecordStream<T>,
+{
+    let chains: Vec<RecordStream<T>> = chains(files)
+        .into_iter()
+        .map(|chain| {
+            stream::iter(chain.iter().map(&one).collect::<Vec<_>>())
+                .flatten()
+                .boxed()
+        })
+        .collect();
+    stream::iter(chains)
+        .flatten_unordered(concurrency.max(1))
+        .boxed()
+}
+
+/// Groups files so that a file named by another's `continuesInFile` follows it.
+fn chains(files: Vec<ExportFile>) -> Vec<Vec<ExportFile>> {
+    let continued: std::collections::HashSet<String> = files
+        .iter()
+        .filter_map(|f| f.file.continues_in_file.clone())
+        .collect();
+    let mut by_url: std::collections::HashMap<String, ExportFile> = files
+        .iter()
+        .map(|f| (f.file.url.clone(), f.clone()))
+        .collect();
+    let mut out = Vec::new();
+    for file in &files {
+        if continued.contains(&file.file.url) {
+            continue;
+        }
+        let mut chain = Vec::new();
+        let mut next = by_url.remove(&file.file.url);
+        while let Some(f) = next {
+            next = f
+                .file
+                .continues_in_file
+                .as_ref()
+                .and_then(|u| by_url.remove(u));
+            chain.push(f);
+        }
+        if !chain.is_empty() {
+            out.push(chain);
+        }
+    }
+    // Files only reachable through a cycle of continuesInFile: download them on their own.
+    for file in files {
+        if let Some(f) = by_url.remove(&file.file.url) {
+            out.push(vec![f]);
+        }
+    }
+    out
+}
+
+impl BulkClient {
+    /// The resources of one file, parsed as `T`: [`Resource`](crate::resource::Resource) (the
+    /// cheap default), your own `Deserialize` struct, or `serde_json::Value`.
+    pub fn download_file<T>(&self, file: &ExportFile, options: &DownloadOptions) -> RecordStream<T>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        let check = options.check_resource_type && file.organized_by.is_none();
+        map_lines(self, file, options, move |info, line| {
+            let expected = info.resource_type.as_deref().filter(|_| check);
+            Ok(vec![parse_line::<T>(line.line.bytes(), expected)?])
+        })
+    }
+
+    /// The lines of one file, unparsed (each line's bytes without its line end). The
+    /// `resourceType` check still applies, with a probe that reads only that field.
+    pub fn download_lines(
+        &self,
+        file: &ExportFile,
+        options: &DownloadOptions,
+    ) -> RecordStream<Bytes> {
+        let check = options.check_resource_type && file.organized_by.is_none();
+        map_lines(self, file, options, move |info, line| {
+            let bytes = line.line.bytes();
+            if let Some(expected) = info.resource_type.as_deref().filter(|_| check) {
+                let found = probe_resource_type(bytes)?;
+                if found.as_deref() != Some(expected) {
+                    return Err(ParseError::UnexpectedResourceType {
+                        expected: expected.to_owned(),
+                        found: found.map(|f| f.into_owned()),
+                    });
+                }
+            }
+            Ok(vec![bytes.clone()])
+        })
+    }
+
+    /// The resources of every output file of an export (all manifest pages), downloaded
+    /// [`DownloadOptions::concurrency`] files at a time, each file's order preserved.
+    pub fn download_resources<T>(
+        &self,
+        export: &CompletedExport,
+        options: &DownloadOptions,
+    ) -> RecordStream<T>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        let files = export.files(FileKind::Output);
+        across_files(files, options.concurrency, |f| {
+            self.download_file::<T>(f, options)
+        })
+    }
+
+    /// The `OperationOutcome`s of the export's error (`outcome`) files. Informational and
+    /// warning outcomes are there too: look at each issue's severity.
+    pub fn download_outcomes(
+        &self,
+        export: &CompletedExport,
+        options: &DownloadOptions,
+    ) -> RecordStream<OperationOutcome> {
+        let files = export.files(FileKind::Error);
+        across_files(files, options.concurrency, |f| {
+            self.download_file::<OperationOutcome>(
+                f,
+                &options.clone().with_check_resource_type(false),
+            )
+        })
+    }
+
+    /// The deleted resources listed in the export's `deleted` files (one record per
+    /// `DELETE` entry of each transaction Bundle).
+    pub fn download_deleted(
+        &self,
+        export: &CompletedExport,
+        options: &DownloadOptions,
+    ) -> RecordStream<DeletedResource> {
+        let files = export.files(FileKind::Deleted);
+        across_files(files, options.concurrency, |f| {
+            map_lines(self, f, options, |_, line| {
+                deleted_resources(line.line.bytes())
+            })
+        })
+    }
+}
