@@ -1,0 +1,421 @@
+//! The command line: subcommands and options (clap derive). Parsing checks each value's form;
+//! what needs the file system or the library's rules is checked later, still naming the flag.
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use fhir_bulk::SecretString;
+use std::path::PathBuf;
+
+/// The default output directory of `export`.
+pub(crate) const DEFAULT_OUTPUT_DIR: &str = "fhir-export";
+
+/// `fhir-bulk`: FHIR Bulk Data export from the shell, resumable, with an offline demo.
+#[derive(Parser)]
+#[command(
+    name = "fhir-bulk",
+    version,
+    about = "FHIR Bulk Data ($export) client: kick off, poll, download, resume",
+    long_about = "FHIR Bulk Data ($export) client: kick off an export, poll it, download its \
+                  files into a directory, and resume after an interruption by running the same \
+                  command again.\n\nExit codes: 0 complete; 1 the export or a transfer failed, \
+                  or error files hold error/fatal issues; 2 bad usage or input; 130 interrupted."
+)]
+pub(crate) struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Kick off an export (or resume the one recorded in the output directory) and download
+    /// its files.
+    Export(Box<ExportArgs>),
+    /// Poll a job once: its progress, or a summary of its manifest.
+    Status(StatusArgs),
+    /// Cancel a job (DELETE on its status URL).
+    Cancel(CancelArgs),
+    /// Download the files of a finished job, from a saved manifest or its status URL.
+    Download(DownloadArgs),
+    /// Run a complete export against an in-process demo server on 127.0.0.1 (no network).
+    Demo(DemoArgs),
+}
+
+/// Authorization and connection options, accepted by every subcommand that talks to a server.
+#[derive(Args, Clone, Default)]
+pub(crate) struct ServerArgs {
+    /// A static bearer token.
+    #[arg(
+        long,
+        env = "FHIR_BULK_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        value_parser = parse_secret,
+        help_heading = "Auth"
+    )]
+    pub(crate) token: Option<SecretString>,
+
+    /// An origin besides the FHIR server's that may receive the token (repeatable).
+    #[arg(long = "trusted-origin", value_name = "ORIGIN", help_heading = "Auth")]
+    pub(crate) trusted_origins: Vec<String>,
+
+    /// A header sent to the FHIR server with every request (repeatable), e.g.
+    /// `Epic-Client-ID: abc`.
+    #[arg(
+        long = "header",
+        value_name = "NAME: VALUE",
+        value_parser = parse_header,
+        help_heading = "Auth"
+    )]
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+/// How status polling waits.
+#[derive(Args, Clone, Default)]
+pub(crate) struct PollArgs {
+    /// The unit of numeric Retry-After values.
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = RetryAfterUnitArg::Seconds,
+        help_heading = "Transfer"
+    )]
+    pub(crate) retry_after_unit: RetryAfterUnitArg,
+
+    /// The longest wait between two status polls, in seconds (decimals allowed), whatever
+    /// Retry-After says. Default 300.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, help_heading = "Transfer")]
+    pub(crate) max_poll_interval: Option<f64>,
+}
+
+/// `--retry-after-unit`.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum RetryAfterUnitArg {
+    /// Delta-seconds, as HTTP defines Retry-After.
+    #[default]
+    Seconds,
+    /// Milliseconds (one vendor sends these).
+    Millis,
+}
+
+/// Where and how files are written, and what the terminal shows.
+#[derive(Args, Clone)]
+pub(crate) struct OutputArgs {
+    /// Files downloaded at once.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u16).range(1..=256),
+        help_heading = "Transfer"
+    )]
+    pub(crate) concurrency: u16,
+
+    /// Write `.ndjson.gz` files instead of `.ndjson`.
+    #[arg(long, help_heading = "Transfer")]
+    pub(crate) gzip: bool,
+
+    /// The longest NDJSON line accepted, in bytes (default 64 MiB).
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..),
+        help_heading = "Transfer"
+    )]
+    pub(crate) max_line_bytes: Option<u64>,
+
+    /// No progress bars: plain timestamped lines, milestones only.
+    #[arg(long, short = 'q', conflicts_with = "verbose", help_heading = "Output")]
+    pub(crate) quiet: bool,
+
+    /// More detail: every poll and every file (repeatable).
+    #[arg(long, short = 'v', action = ArgAction::Count, help_heading = "Output")]
+    pub(crate) verbose: u8,
+}
+
+/// `fhir-bulk export`.
+#[derive(Args, Clone)]
+pub(crate) struct ExportArgs {
+    /// The FHIR server's base URL, e.g. https://ehr.example/fhir/r4.
+    #[arg(value_name = "BASE_URL")]
+    pub(crate) base_url: String,
+
+    /// Export the members of this Group: [base]/Group/<ID>/$export.
+    #[arg(
+        long,
+        value_name = "ID",
+        conflicts_with = "all_patients",
+        help_heading = "Level"
+    )]
+    pub(crate) group: Option<String>,
+
+    /// Export all patients: [base]/Patient/$export.
+    #[arg(long, help_heading = "Level")]
+    pub(crate) all_patients: bool,
+
+    /// Export these patients (repeatable; `Patient/123` or `123`): POST with a Parameters
+    /// body, at the Patient level unless --group is given.
+    #[arg(long = "patient", value_name = "REF", help_heading = "Level")]
+    pub(crate) patients: Vec<String>,
+
+    /// A file of patient references, one a line (blank lines and `#` comments skipped).
+    #[arg(long, value_name = "FILE", help_heading = "Level")]
+    pub(crate) patients_file: Option<PathBuf>,
+
+    /// Send the kick-off as POST with a Parameters body.
+    #[arg(long, help_heading = "Level")]
+    pub(crate) post: bool,
+
+    /// Resource types to export (comma-separated or repeated): _type.
+    #[arg(
+        long = "type",
+        value_name = "T1,T2",
+        value_delimiter = ',',
+        help_heading = "Kick-off parameters"
+    )]
+    pub(crate) types: Vec<String>,
+
+    /// Only resources changed after this FHIR instant: _since.
+    #[arg(long, value_name = "INSTANT", help_heading = "Kick-off parameters")]
+    pub(crate) since: Option<String>,
+
+    /// Only resources changed before this FHIR instant: _until.
+    #[arg(long, value_name = "INSTANT", help_heading = "Kick-off parameters")]
+    pub(crate) until: Option<String>,
+
+    /// A search query restricting one type, e.g. `Observation?category=laboratory`
+    /// (repeatable): _typeFilter.
+    #[arg(
+        long = "type-filter",
+        value_name = "QUERY",
+        help_heading = "Kick-off parameters"
+    )]
+    pub(crate) type_filters: Vec<String>,
+
+    /// Elements to include (comma-separated or repeated): _elements.
+    #[arg(
+        long,
+        value_name = "E1,E2",
+        value_delimiter = ',',
+        help_heading = "Kick-off parameters"
+    )]
+    pub(crate) elements: Vec<String>,
+
+    /// Associated data to include (comma-separated codes): includeAssociatedData.
+    #[arg(
+        long,
+        value_name = "CODE,..",
+        value_delimiter = ',',
+        help_heading = "Kick-off parameters"
+    )]
+    pub(crate) include_associated_data: Vec<String>,
+
+    /// The output format's MIME type: _outputFormat.
+    #[arg(long, value_name = "MIME", help_heading = "Kick-off parameters")]
+    pub(crate) output_format: Option<String>,
+
+    /// Organize the files by this resource type (e.g. Patient): organizeOutputBy.
+    #[arg(long, value_name = "TYPE", help_heading = "Kick-off parameters")]
+    pub(crate) organize_output_by: Option<String>,
+
+    /// Another kick-off parameter, passed through (repeatable).
+    #[arg(
+        long = "param",
+        value_name = "NAME=VALUE",
+        value_parser = parse_param,
+        help_heading = "Kick-off parameters"
+    )]
+    pub(crate) params: Vec<(String, String)>,
+
+    /// Ask the server to ignore parameters it does not support (Prefer: handling=lenient).
+    #[arg(long, help_heading = "Kick-off parameters")]
+    pub(crate) lenient: bool,
+
+    /// Authorization and headers.
+    #[command(flatten)]
+    pub(crate) server: ServerArgs,
+
+    /// Polling.
+    #[command(flatten)]
+    pub(crate) poll: PollArgs,
+
+    /// Where the files go.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = DEFAULT_OUTPUT_DIR,
+        help_heading = "Transfer"
+    )]
+    pub(crate) output_dir: PathBuf,
+
+    /// Files and terminal output.
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+
+    /// Leave the job on the server after a complete download (no DELETE).
+    #[arg(long, help_heading = "Transfer")]
+    pub(crate) keep_job: bool,
+
+    /// Forget the export recorded in the output directory (its state, manifest and files) and
+    /// kick off a new one. The old job is left on the server.
+    #[arg(long, help_heading = "Transfer")]
+    pub(crate) fresh: bool,
+}
+
+/// `fhir-bulk status`.
+#[derive(Args, Clone)]
+pub(crate) struct StatusArgs {
+    /// The job's status URL (the kick-off's Content-Location).
+    #[arg(value_name = "STATUS_URL")]
+    pub(crate) status_url: String,
+
+    /// Authorization and headers.
+    #[command(flatten)]
+    pub(crate) server: ServerArgs,
+
+    /// Polling.
+    #[command(flatten)]
+    pub(crate) poll: PollArgs,
+}
+
+/// `fhir-bulk cancel`.
+#[derive(Args, Clone)]
+pub(crate) struct CancelArgs {
+    /// The job's status URL (the kick-off's Content-Location).
+    #[arg(value_name = "STATUS_URL")]
+    pub(crate) status_url: String,
+
+    /// Authorization and headers.
+    #[command(flatten)]
+    pub(crate) server: ServerArgs,
+}
+
+/// `fhir-bulk download`.
+#[derive(Args, Clone)]
+pub(crate) struct DownloadArgs {
+    /// A saved manifest (e.g. an earlier export's manifest.json; its manifest.2.json, ...
+    /// pages are read too) or a job's status URL.
+    #[arg(value_name = "MANIFEST_JSON_FILE|STATUS_URL")]
+    pub(crate) source: String,
+
+    /// The FHIR server the token belongs to, when the source is a manifest file whose
+    /// `request` does not say (default: the origin of the manifest's `request`).
+    #[arg(long, value_name = "URL")]
+    pub(crate) base_url: Option<String>,
+
+    /// Authorization and headers.
+    #[command(flatten)]
+    pub(crate) server: ServerArgs,
+
+    /// Polling (for a status URL whose job is still running).
+    #[command(flatten)]
+    pub(crate) poll: PollArgs,
+
+    /// Where the files go.
+    #[arg(long, value_name = "DIR", required = true, help_heading = "Transfer")]
+    pub(crate) output_dir: PathBuf,
+
+    /// Files and terminal output.
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+
+    /// With a status URL: leave the job on the server after a complete download (no DELETE).
+    #[arg(long, help_heading = "Transfer")]
+    pub(crate) keep_job: bool,
+}
+
+/// `fhir-bulk demo`.
+#[derive(Args, Clone)]
+pub(crate) struct DemoArgs {
+    /// Synthetic patients on the demo server.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000)
+    )]
+    pub(crate) patients: u64,
+
+    /// Where the files go (emptied of an earlier demo's files first).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "fhir-export-demo",
+        help_heading = "Transfer"
+    )]
+    pub(crate) output_dir: PathBuf,
+
+    /// Files and terminal output.
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+fn parse_secret(value: &str) -> Result<SecretString, String> {
+    if value.trim().is_empty() {
+        return Err("the token is empty".into());
+    }
+    Ok(SecretString::new(value.trim()))
+}
+
+fn parse_header(value: &str) -> Result<(String, String), String> {
+    let Some((name, val)) = value.split_once(':') else {
+        return Err("expected `NAME: VALUE`, e.g. `Epic-Client-ID: abc`".into());
+    };
+    let name = name.trim();
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err("the header name is empty or holds spaces; expected `NAME: VALUE`".into());
+    }
+    Ok((name.to_owned(), val.trim().to_owned()))
+}
+
+fn parse_param(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((name, val)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), val.to_owned()))
+        }
+        _ => Err("expected `NAME=VALUE`, e.g. `_container=exports`".into()),
+    }
+}
+
+fn parse_seconds(value: &str) -> Result<f64, String> {
+    let secs: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| "expected a number of seconds, e.g. 60 or 0.5".to_owned())?;
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 * 365.0 {
+        return Err("expected a number of seconds above 0 (and below a year)".into());
+    }
+    Ok(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn value_parsers() {
+        assert_eq!(
+            parse_header("Epic-Client-ID: abc: d").unwrap(),
+            ("Epic-Client-ID".to_owned(), "abc: d".to_owned())
+        );
+        assert!(parse_header("no colon").is_err());
+        assert!(parse_header(": v").is_err());
+        assert_eq!(
+            parse_param("a=b=c").unwrap(),
+            ("a".to_owned(), "b=c".to_owned())
+        );
+        assert!(parse_param("=x").is_err());
+        assert!(parse_param("x").is_err());
+        assert_eq!(parse_seconds("0.5").unwrap(), 0.5);
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("NaN").is_err());
+        assert!(parse_secret("  ").is_err());
+    }
+}

@@ -1,0 +1,188 @@
+//! `fhir-bulk download`: the files of a finished job, from a saved manifest (`manifest.json`
+//! and its `manifest.N.json` pages) or from the job's status URL. Files already complete in
+//! the output directory are skipped, so running it again resumes.
+
+use crate::args::DownloadArgs;
+use crate::auth;
+use crate::client;
+use crate::error::{CliError, from_lib};
+use crate::export;
+use crate::log;
+use crate::manifest;
+use crate::progress::Reporter;
+use crate::state::{JobState, Phase, StateFile};
+use crate::summary::Summary;
+use crate::transfer;
+use fhir_bulk::{BulkClient, CompletedExport, ExportJob};
+use serde_json::json;
+use std::path::Path;
+use std::time::Instant;
+use url::Url;
+
+/// Whether the argument is a status URL rather than a file.
+fn is_url(source: &str) -> bool {
+    let lower = source.trim().to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
+/// `scheme://host[:port]/` of a URL.
+fn origin(text: &str) -> Option<String> {
+    let url = Url::parse(text).ok()?;
+    url.host()?;
+    Some(url.origin().ascii_serialization() + "/")
+}
+
+/// The FHIR base for a manifest file: `--base-url`, else the origin of the manifest's
+/// `request`; without credentials any origin will do, as no token is sent.
+fn manifest_base(args: &DownloadArgs, export: &CompletedExport) -> Result<String, CliError> {
+    if let Some(base) = &args.base_url {
+        return Ok(base.clone());
+    }
+    if let Some(base) = export
+        .manifests
+        .iter()
+        .find_map(|m| m.request.as_deref().and_then(origin))
+    {
+        return Ok(base);
+    }
+    if !auth::has_credentials(&args.server) {
+        let first = export
+            .all_files()
+            .into_iter()
+            .find_map(|f| origin(&f.file.url));
+        return Ok(first.unwrap_or_else(|| "http://127.0.0.1/".to_owned()));
+    }
+    Err(CliError::usage(
+        "--base-url",
+        "the manifest does not name its FHIR server (it has no `request`); give the server's \
+         base URL, so the token goes to that server only",
+    ))
+}
+
+/// Downloads the files of a finished job.
+pub(crate) async fn run(args: &DownloadArgs) -> Result<(), CliError> {
+    let started = Instant::now();
+    let dir = args.output_dir.as_path();
+    std::fs::create_dir_all(dir).map_err(|e| {
+        CliError::usage(
+            "--output-dir",
+            format!("cannot create {}: {e}", dir.display()),
+        )
+    })?;
+    let reporter = Reporter::new(&args.output);
+    let state = StateFile::load(dir)?.unwrap_or_else(|| JobState::new(Phase::Downloading));
+    let mut state = StateFile::new(dir, state);
+    let log = export::open_log(dir, &state.state.export_id)?;
+    let source = args.source.trim();
+    let (client, export, job): (BulkClient, CompletedExport, Option<ExportJob>) = if is_url(source)
+    {
+        let base = match &args.base_url {
+            Some(base) => base.clone(),
+            None => origin(source).ok_or_else(|| {
+                CliError::usage("STATUS_URL", format!("`{source}` is not an http(s) URL"))
+            })?,
+        };
+        let client = client::build(&base, &args.server, &args.poll)?;
+        let job = client.job_at(source).map_err(from_lib)?;
+        reporter.milestone(&format!("polling {}", job.status_url()));
+        let export = export::wait(&job, &mut state, &log, &reporter).await?;
+        log::manifest_events(&log, &export);
+        manifest::write(dir, &export)?;
+        state.state.job = Some(job.handle().clone());
+        (client, export, Some(job))
+    } else {
+        let path = Path::new(source);
+        let export = manifest::read(path)?;
+        let client = client::build(&manifest_base(args, &export)?, &args.server, &args.poll)?;
+        if !same_dir(path.parent().unwrap_or(Path::new(".")), dir) {
+            manifest::write(dir, &export)?;
+        }
+        reporter.milestone(&format!(
+            "downloading the files listed in {} ({} page(s))",
+            path.display(),
+            export.manifests.len()
+        ));
+        (client, export, None)
+    };
+    state.state.phase = Phase::Downloading;
+    state.state.transaction_time = Some(export.transaction_time().to_owned());
+    state.save()?;
+    let report = transfer::download(
+        &client,
+        &export,
+        dir,
+        &args.output,
+        &mut state,
+        &log,
+        &reporter,
+    )
+    .await?;
+    if !report.failures.is_empty() {
+        reporter.finish();
+        return Err(CliError::Failed(transfer::failure_message(
+            &report,
+            "run the same command again",
+        )));
+    }
+    let issues = transfer::count_issues(dir, &state, &reporter);
+    state.state.error_issues = issues.errors();
+    log.event(
+        "export_complete",
+        json!({
+            "files": state.state.files.len(),
+            "resources": state.state.files.values().map(|f| f.resources).sum::<u64>(),
+            "bytes": state.state.files.values().map(|f| f.data_bytes).sum::<u64>(),
+            "attachments": 0,
+            "duration": started.elapsed().as_millis() as u64,
+        }),
+    );
+    let job_note = match &job {
+        Some(job) => Some(export::finish_job(job, args.keep_job, &mut state, &reporter).await),
+        None => None,
+    };
+    state.state.phase = Phase::Complete;
+    state.save()?;
+    reporter.finish();
+    let summary = Summary {
+        files: &state.state.files,
+        issues,
+        elapsed: started.elapsed(),
+        downloaded_bytes: report.downloaded_bytes,
+        download_elapsed: report.elapsed,
+        transaction_time: state.state.transaction_time.as_deref(),
+        output_dir: dir,
+        job_note,
+    };
+    print!("{}", summary.render());
+    export::issues_result(dir, issues.errors())
+}
+
+/// Whether two paths name the same directory.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let a = if a.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        a
+    };
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_and_origins() {
+        assert!(is_url("https://ehr.example/jobs/1"));
+        assert!(is_url(" HTTP://127.0.0.1:1/jobs/1"));
+        assert!(!is_url("out/manifest.json"));
+        assert_eq!(
+            origin("https://ehr.example/fhir/$export?_type=Patient").as_deref(),
+            Some("https://ehr.example/")
+        );
+        assert_eq!(origin("manifest.json"), None);
+    }
+}

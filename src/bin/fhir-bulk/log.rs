@@ -1,0 +1,178 @@
+//! `log.ndjson`: one JSON event a line, with the event ids and fields of the SMART
+//! bulk-data-client's export log, so tools that read its logs read ours.
+//!
+//! Every line is `{"exportId", "timestamp", "eventId", "eventDetail", "_client",
+//! "_clientVersion"}`. The events: `kickoff`, `status_progress`, `status_error`,
+//! `status_complete`, `status_page_complete`, `manifest_complete`, `download_request`,
+//! `download_complete`, `download_error`, `export_complete`. URLs are logged without their
+//! query strings (pre-signed URLs carry credentials there) and tokens never appear.
+
+use crate::redact;
+use fhir_bulk::{CompletedExport, Error, ExportFile, FileKind};
+use serde_json::{Value, json};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The log's file name.
+pub(crate) const LOG_FILE: &str = "log.ndjson";
+
+/// An append-only event log.
+#[derive(Debug)]
+pub(crate) struct EventLog {
+    file: Mutex<File>,
+    export_id: String,
+    warned: AtomicBool,
+}
+
+impl EventLog {
+    /// Opens (appends to) `dir/log.ndjson`.
+    pub(crate) fn open(dir: &Path, export_id: &str) -> std::io::Result<EventLog> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(LOG_FILE))?;
+        Ok(EventLog {
+            file: Mutex::new(file),
+            export_id: export_id.to_owned(),
+            warned: AtomicBool::new(false),
+        })
+    }
+
+    /// Appends one event. A failed write is reported once on stderr and does not stop the
+    /// export: the files matter more than their log.
+    pub(crate) fn event(&self, event_id: &str, detail: Value) {
+        let line = json!({
+            "exportId": self.export_id,
+            "timestamp": crate::time::now(),
+            "eventId": event_id,
+            "eventDetail": detail,
+            "_client": "fhir-bulk",
+            "_clientVersion": env!("CARGO_PKG_VERSION"),
+        });
+        let mut text = line.to_string();
+        text.push('\n');
+        let result = match self.file.lock() {
+            Ok(mut file) => file.write_all(text.as_bytes()),
+            Err(poisoned) => poisoned.into_inner().write_all(text.as_bytes()),
+        };
+        if let Err(e) = result {
+            if !self.warned.swap(true, Ordering::Relaxed) {
+                eprintln!("warning: cannot write {LOG_FILE}: {e}");
+            }
+        }
+    }
+}
+
+/// `itemType` of a file kind.
+pub(crate) fn item_type(kind: FileKind) -> &'static str {
+    match kind {
+        FileKind::Output => "output",
+        FileKind::Error => "error",
+        FileKind::Deleted => "deleted",
+    }
+}
+
+/// The details of a failed request: HTTP status, the OperationOutcome (or null), the message
+/// and the request-id headers.
+pub(crate) fn error_detail(error: &Error) -> Value {
+    let body = error
+        .operation_outcome()
+        .and_then(|oo| serde_json::to_value(oo).ok())
+        .or_else(|| {
+            error
+                .error_response()
+                .and_then(|r| r.body.clone())
+                .map(Value::String)
+        })
+        .unwrap_or(Value::Null);
+    let mut headers = serde_json::Map::new();
+    if let Some(r) = error.error_response() {
+        if let Some(id) = &r.request_ids.x_request_id {
+            headers.insert("x-request-id".into(), json!(id));
+        }
+        if let Some(id) = &r.request_ids.opc_request_id {
+            headers.insert("opc-request-id".into(), json!(id));
+        }
+        if let Some(wait) = r.retry_after {
+            headers.insert("retry-after".into(), json!(crate::time::seconds(wait)));
+        }
+    }
+    json!({
+        "body": body,
+        "code": error.status(),
+        "message": crate::error::describe(error),
+        "responseHeaders": headers,
+    })
+}
+
+/// `download_request`.
+pub(crate) fn download_request(log: &EventLog, file: &ExportFile) {
+    log.event(
+        "download_request",
+        json!({
+            "fileUrl": redact::url(&file.file.url),
+            "itemType": item_type(file.kind),
+            "resourceType": file.file.resource_type,
+        }),
+    );
+}
+
+/// `status_page_complete` for every manifest page, then `manifest_complete` and
+/// `status_complete`.
+pub(crate) fn manifest_events(log: &EventLog, export: &CompletedExport) {
+    let (mut outputs, mut deleted, mut errors) = (0, 0, 0);
+    for page in &export.manifests {
+        outputs += page.output.len();
+        deleted += page.deleted.len();
+        errors += page.error.len();
+        log.event(
+            "status_page_complete",
+            json!({
+                "transactionTime": page.transaction_time,
+                "outputFileCount": page.output.len(),
+                "deletedFileCount": page.deleted.len(),
+                "errorFileCount": page.error.len(),
+            }),
+        );
+    }
+    log.event(
+        "manifest_complete",
+        json!({
+            "transactionTime": export.transaction_time(),
+            "totalOutputFileCount": outputs,
+            "totalDeletedFileCount": deleted,
+            "totalErrorFileCount": errors,
+            "totalManifests": export.manifests.len(),
+        }),
+    );
+    log.event(
+        "status_complete",
+        json!({ "transactionTime": export.transaction_time() }),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_have_the_bulk_data_client_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path(), "abc").unwrap();
+        log.event("kickoff", json!({"exportUrl": "https://x/$export"}));
+        log.event("status_progress", json!({"xProgress": "50%"}));
+        let text = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["exportId"], "abc");
+        assert_eq!(lines[0]["eventId"], "kickoff");
+        assert_eq!(lines[0]["eventDetail"]["exportUrl"], "https://x/$export");
+        assert!(lines[1]["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+}

@@ -1,0 +1,209 @@
+//! The table printed at the end: resource types with files, resources and bytes, the elapsed
+//! time and throughput, the error-file and deleted counts, and the transactionTime to pass as
+//! the next `--since`.
+
+use crate::outcomes::IssueCounts;
+use crate::state::FileRecord;
+use crate::time::human_duration;
+use fhir_bulk::FileKind;
+use indicatif::HumanBytes;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::Path;
+use std::time::Duration;
+
+/// Everything the summary shows.
+#[derive(Debug, Clone)]
+pub(crate) struct Summary<'a> {
+    /// Every complete file by its relative path.
+    pub(crate) files: &'a BTreeMap<String, FileRecord>,
+    /// Issues in the error files.
+    pub(crate) issues: IssueCounts,
+    /// This run's wall time.
+    pub(crate) elapsed: Duration,
+    /// NDJSON bytes downloaded in this run (for the throughput).
+    pub(crate) downloaded_bytes: u64,
+    /// How long this run's downloads took.
+    pub(crate) download_elapsed: Duration,
+    /// The manifest's `transactionTime`.
+    pub(crate) transaction_time: Option<&'a str>,
+    /// The output directory.
+    pub(crate) output_dir: &'a Path,
+    /// What happened to the job on the server, e.g. `deleted on the server`.
+    pub(crate) job_note: Option<String>,
+}
+
+#[derive(Default)]
+struct Row {
+    files: u64,
+    resources: u64,
+    bytes: u64,
+}
+
+/// The type an output file counts under: its manifest `type`, else the name it was saved as.
+fn type_of(key: &str, record: &FileRecord) -> String {
+    record.resource_type.clone().unwrap_or_else(|| {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        name.split('.').next().unwrap_or(name).to_owned()
+    })
+}
+
+impl Summary<'_> {
+    /// The summary as text (no escape codes), ending in a newline.
+    pub(crate) fn render(&self) -> String {
+        let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+        let (mut errors, mut deleted) = (Row::default(), Row::default());
+        for (key, record) in self.files {
+            let row = match record.kind {
+                FileKind::Output => rows.entry(type_of(key, record)).or_default(),
+                FileKind::Error => &mut errors,
+                FileKind::Deleted => &mut deleted,
+            };
+            row.files += 1;
+            row.resources += record.resources;
+            row.bytes += record.bytes;
+        }
+        let total = rows.values().fold(Row::default(), |mut t, r| {
+            t.files += r.files;
+            t.resources += r.resources;
+            t.bytes += r.bytes;
+            t
+        });
+        let secs = self.download_elapsed.as_secs_f64().max(0.001);
+        let rate = HumanBytes((self.downloaded_bytes as f64 / secs) as u64);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Export complete: {} resource types, {} files, {} resources, {} in {}",
+            rows.len(),
+            total.files,
+            total.resources,
+            HumanBytes(total.bytes),
+            human_duration(self.elapsed),
+        );
+        let _ = writeln!(
+            out,
+            "  downloaded in this run: {} of NDJSON in {} ({rate}/s)",
+            HumanBytes(self.downloaded_bytes),
+            human_duration(self.download_elapsed),
+        );
+        let width = rows.keys().map(String::len).max().unwrap_or(0).max(13);
+        let _ = writeln!(
+            out,
+            "\n  {:<width$}  {:>6}  {:>11}  {:>12}",
+            "resource type", "files", "resources", "bytes"
+        );
+        for (name, row) in rows
+            .iter()
+            .chain(std::iter::once((&"total".to_owned(), &total)))
+        {
+            let _ = writeln!(
+                out,
+                "  {name:<width$}  {:>6}  {:>11}  {:>12}",
+                row.files,
+                row.resources,
+                HumanBytes(row.bytes).to_string()
+            );
+        }
+        out.push('\n');
+        let issues = self.issues.describe();
+        let _ = writeln!(
+            out,
+            "  error files:     {} ({} OperationOutcomes{})",
+            errors.files,
+            errors.resources,
+            if issues.is_empty() {
+                String::new()
+            } else {
+                format!("; issues: {issues}")
+            }
+        );
+        let _ = writeln!(
+            out,
+            "  deleted files:   {} ({} Bundles)",
+            deleted.files, deleted.resources
+        );
+        if let Some(time) = self.transaction_time {
+            let _ = writeln!(
+                out,
+                "  transactionTime: {time}  (next incremental export: --since {time})"
+            );
+        }
+        let _ = writeln!(out, "  files in:        {}", self.output_dir.display());
+        if let Some(note) = &self.job_note {
+            let _ = writeln!(out, "  job:             {note}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: FileKind, t: Option<&str>, resources: u64, bytes: u64) -> FileRecord {
+        FileRecord {
+            kind,
+            resource_type: t.map(str::to_owned),
+            url: "http://127.0.0.1/f".into(),
+            resources,
+            bytes,
+            data_bytes: bytes,
+        }
+    }
+
+    #[test]
+    fn renders_types_totals_and_next_since() {
+        let mut files = BTreeMap::new();
+        files.insert(
+            "Patient.1.ndjson".into(),
+            record(FileKind::Output, Some("Patient"), 10, 2048),
+        );
+        files.insert(
+            "Observation.1.ndjson".into(),
+            record(FileKind::Output, Some("Observation"), 80, 4096),
+        );
+        files.insert(
+            "Observation.2.ndjson".into(),
+            record(FileKind::Output, Some("Observation"), 20, 1024),
+        );
+        files.insert(
+            "error/OperationOutcome.1.ndjson".into(),
+            record(FileKind::Error, None, 2, 100),
+        );
+        let summary = Summary {
+            files: &files,
+            issues: IssueCounts {
+                warning: 2,
+                ..IssueCounts::default()
+            },
+            elapsed: Duration::from_secs(3),
+            downloaded_bytes: 4096,
+            download_elapsed: Duration::from_secs(2),
+            transaction_time: Some("2024-03-01T17:35:02Z"),
+            output_dir: Path::new("out"),
+            job_note: Some("deleted on the server".into()),
+        };
+        let text = summary.render();
+        assert!(
+            text.contains("2 resource types, 3 files, 110 resources"),
+            "{text}"
+        );
+        assert!(text.contains("(2.00 KiB/s)"), "{text}");
+        let obs = text.lines().find(|l| l.contains("Observation")).unwrap();
+        assert!(
+            obs.contains(" 2 ") && obs.contains("100") && obs.contains("5.00 KiB"),
+            "{obs}"
+        );
+        assert!(text.contains("error files:     1 (2 OperationOutcomes; issues: 2 warning)"));
+        assert!(text.contains("deleted files:   0"));
+        assert!(text.contains("--since 2024-03-01T17:35:02Z"));
+        assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn organized_output_counts_under_its_file_name() {
+        let r = record(FileKind::Output, None, 1, 1);
+        assert_eq!(type_of("Patient.3.ndjson.gz", &r), "Patient");
+    }
+}

@@ -1,0 +1,92 @@
+//! Timestamps for log lines and plain output (RFC 3339, UTC), without a date crate.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `now` as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub(crate) fn now() -> String {
+    format_utc(SystemTime::now())
+}
+
+/// `time` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (times before 1970 print as the epoch).
+pub(crate) fn format_utc(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since.subsec_millis()
+    )
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Seconds as a `Retry-After`-like string: `30`, or `0.4` for fractions (to the millisecond).
+pub(crate) fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        d.as_secs().to_string()
+    } else {
+        let text = format!("{:.3}", d.as_secs_f64());
+        text.trim_end_matches('0').to_owned()
+    }
+}
+
+/// A duration for people: `850 ms`, `12.3 s`, `4 min 05 s`, `2 h 03 min`.
+pub(crate) fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else if secs < 60 {
+        format!("{:.1} s", d.as_secs_f64())
+    } else if secs < 3600 {
+        format!("{} min {:02} s", secs / 60, secs % 60)
+    } else {
+        format!("{} h {:02} min", secs / 3600, secs % 3600 / 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc() {
+        assert_eq!(format_utc(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_709_314_502_123);
+        assert_eq!(format_utc(t), "2024-03-01T17:35:02.123Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(format_utc(leap), "2000-02-29T00:00:00.000Z");
+        let end = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+        assert_eq!(format_utc(end), "9999-12-31T23:59:59.000Z");
+    }
+
+    #[test]
+    fn seconds_like_retry_after() {
+        assert_eq!(seconds(Duration::from_secs(30)), "30");
+        assert_eq!(seconds(Duration::from_millis(400)), "0.4");
+        assert_eq!(seconds(Duration::from_millis(1250)), "1.25");
+    }
+
+    #[test]
+    fn durations_for_people() {
+        assert_eq!(human_duration(Duration::from_millis(850)), "850 ms");
+        assert_eq!(human_duration(Duration::from_millis(12_340)), "12.3 s");
+        assert_eq!(human_duration(Duration::from_secs(245)), "4 min 05 s");
+        assert_eq!(human_duration(Duration::from_secs(7380)), "2 h 03 min");
+    }
+}
