@@ -190,6 +190,7 @@ async fn rs384_pem_assertion_is_signed_and_complete() {
     mount_status(&server, "tok-1").await;
     let auth = smart("rsa-private.pem")
         .kid("test-rsa-1")
+        .jku("https://client.example/jwks.json")
         .token_url(token_url(&server))
         .scope("system/Patient.read system/Observation.read")
         .build()
@@ -207,6 +208,12 @@ async fn rs384_pem_assertion_is_signed_and_complete() {
         "test-rsa-1",
         &token_url(&server),
         "system/Patient.read system/Observation.read",
+    );
+    let jwt = &form(&token_requests[0])["client_assertion"];
+    let head = jsonwebtoken::decode_header(jwt).unwrap();
+    assert_eq!(
+        head.jku.as_deref(),
+        Some("https://client.example/jwks.json")
     );
 }
 

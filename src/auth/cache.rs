@@ -2,10 +2,11 @@
 //! refresh it once however many requests ask at the same time, forget it when the server
 //! rejects it.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::secret::AccessToken;
 use std::future::Future;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -35,7 +36,10 @@ struct Cached {
 #[derive(Debug)]
 pub(super) struct TokenCache {
     current: Mutex<Option<Cached>>,
-    refresh: tokio::sync::Mutex<()>,
+    /// Held while a token is fetched; holds the message of the last failed fetch.
+    refresh: tokio::sync::Mutex<Option<String>>,
+    /// How many fetches have failed.
+    failures: AtomicU64,
     margin: Duration,
 }
 
@@ -43,7 +47,8 @@ impl TokenCache {
     pub(super) fn new(margin: Duration) -> TokenCache {
         TokenCache {
             current: Mutex::new(None),
-            refresh: tokio::sync::Mutex::new(()),
+            refresh: tokio::sync::Mutex::new(None),
+            failures: AtomicU64::new(0),
             margin,
         }
     }
@@ -63,8 +68,8 @@ impl TokenCache {
     }
 
     /// A valid token: the cached one, or one from `fetch`. Concurrent callers wait for one
-    /// `fetch`. If a refresh fails while the old token has not yet expired, the old token
-    /// is returned (the next call tries again).
+    /// `fetch`, and share its failure rather than repeating it. If a refresh fails while the
+    /// old token has not yet expired, the old token is returned (the next call tries again).
     pub(super) async fn get<F, Fut>(&self, fetch: F) -> Result<AccessToken>
     where
         F: FnOnce() -> Fut,
@@ -73,9 +78,21 @@ impl TokenCache {
         if let Some(token) = self.fresh() {
             return Ok(token);
         }
-        let _flight = self.refresh.lock().await;
+        let failures_before = self.failures.load(Ordering::Acquire);
+        let mut last_failure = self.refresh.lock().await;
         if let Some(token) = self.fresh() {
             return Ok(token);
+        }
+        if self.failures.load(Ordering::Acquire) != failures_before {
+            if let Some(message) = last_failure.as_deref() {
+                return Err(Error::Auth {
+                    message: format!(
+                        "{message} (the token request made at the same time for another \
+                         request; not repeated)"
+                    ),
+                    response: None,
+                });
+            }
         }
         let asked_at = Instant::now();
         match fetch().await {
@@ -99,6 +116,13 @@ impl TokenCache {
                     .as_ref()
                     .filter(|c| now < c.expires_at)
                     .map(|c| c.token.clone());
+                if still_valid.is_none() {
+                    *last_failure = Some(match &error {
+                        Error::Auth { message, .. } => message.clone(),
+                        other => other.to_string(),
+                    });
+                    self.failures.fetch_add(1, Ordering::Release);
+                }
                 still_valid.ok_or(error)
             }
         }
@@ -117,9 +141,8 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     fn counter_fetch(
         count: &Arc<AtomicUsize>,
@@ -220,6 +243,41 @@ mod tests {
             t2
         );
         assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_callers_share_a_failed_fetch() {
+        let cache = Arc::new(TokenCache::new(DEFAULT_MARGIN));
+        let count = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..5)
+            .map(|_| {
+                let cache = cache.clone();
+                let count = count.clone();
+                tokio::spawn(async move {
+                    cache
+                        .get(|| async move {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            Err::<FreshToken, _>(Error::Auth {
+                                message: "endpoint down".into(),
+                                response: None,
+                            })
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            let err = task.await.unwrap().unwrap_err();
+            assert!(err.to_string().contains("endpoint down"), "{err}");
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        // A later call tries again.
+        let again = cache
+            .get(|| counter_fetch(&count, Some(300)))
+            .await
+            .unwrap();
+        assert_eq!(again.secret(), "t2");
     }
 
     #[tokio::test(start_paused = true)]

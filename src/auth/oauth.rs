@@ -6,13 +6,13 @@ use super::cache::{FreshToken, TokenCache};
 use super::discovery::{Discovery, discover};
 use super::token_endpoint::{Credentials, Endpoint, request_token};
 use crate::error::{Error, Result};
-use crate::secret::{AccessToken, redact_url_str};
+use crate::secret::{AccessToken, redact_url, redact_url_str};
 use std::fmt;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
 /// Settings common to the OAuth provider builders.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(super) struct OAuthSettings {
     pub(super) token_url: Option<String>,
     pub(super) scope: Option<String>,
@@ -26,6 +26,16 @@ impl Default for OAuthSettings {
             scope: None,
             refresh_margin: super::cache::DEFAULT_MARGIN,
         }
+    }
+}
+
+impl fmt::Debug for OAuthSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthSettings")
+            .field("token_url", &self.token_url.as_deref().map(redact_url_str))
+            .field("scope", &self.scope)
+            .field("refresh_margin", &self.refresh_margin)
+            .finish()
     }
 }
 
@@ -63,7 +73,7 @@ impl fmt::Debug for OAuthCore {
                     .token_url
                     .as_ref()
                     .or(discovered)
-                    .map(|e| redact_url_str(e.url.as_str())),
+                    .map(|e| redact_url(&e.url)),
             )
             .field("scope", &self.scope)
             .field("discovered", &self.discovery.initialized())
