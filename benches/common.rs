@@ -21,24 +21,10 @@ pub async fn one_file(bytes: u64) -> (TestServer, BulkClient, ExportFile) {
         .bearer_token(TOKEN)
         .build()
         .expect("client");
-    let export: CompletedExport = client.export(&ExportRequest::system()).await.expect("export");
+    let export: CompletedExport = client
+        .export(&ExportRequest::system())
+        .await
+        .expect("export");
     let file = export.files(FileKind::Output).remove(0);
     (server, client, file)
-}
-
-/// Reads the file straight off the socket and drops the bytes: the ceiling.
-pub async fn socket_ceiling(file: &ExportFile) -> (u64, u64) {
-    let http = reqwest::Client::builder().no_gzip().build().expect("reqwest");
-    let mut response = http
-        .get(&file.file.url)
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("send");
-    let (mut bytes, mut lines) = (0u64, 0u64);
-    while let Some(chunk) = response.chunk().await.expect("chunk") {
-        bytes += chunk.len() as u64;
-        lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
-    }
-    (bytes, lines)
 }

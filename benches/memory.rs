@@ -27,15 +27,24 @@ fn reset_peak() {
 async fn run(mode: &str, client: &BulkClient, file: &ExportFile) -> u64 {
     let options = DownloadOptions::default();
     match mode {
-        "raw lines" => client.download_lines(file, &options).try_fold(0, |n, _| async move { Ok(n + 1) }).await,
-        "default Resource" => client
-            .download_file::<Resource>(file, &options)
-            .try_fold(0, |n, _| async move { Ok(n + 1) })
-            .await,
-        "serde_json::Value" => client
-            .download_file::<serde_json::Value>(file, &options)
-            .try_fold(0, |n, _| async move { Ok(n + 1) })
-            .await,
+        "raw lines" => {
+            client
+                .download_lines(file, &options)
+                .try_fold(0, |n, _| async move { Ok(n + 1) })
+                .await
+        }
+        "default Resource" => {
+            client
+                .download_file::<Resource>(file, &options)
+                .try_fold(0, |n, _| async move { Ok(n + 1) })
+                .await
+        }
+        "serde_json::Value" => {
+            client
+                .download_file::<serde_json::Value>(file, &options)
+                .try_fold(0, |n, _| async move { Ok(n + 1) })
+                .await
+        }
         _ => unreachable!(),
     }
     .expect("download")
@@ -51,7 +60,10 @@ fn main() {
         println!("| --- | --- | ---: | ---: | ---: |");
         for (size, modes) in [
             (1u64 << 30, &["default Resource"][..]),
-            (256 << 20, &["raw lines", "default Resource", "serde_json::Value"][..]),
+            (
+                256 << 20,
+                &["raw lines", "default Resource", "serde_json::Value"][..],
+            ),
         ] {
             let (server, client, file) = common::one_file(size).await;
             for mode in modes {

@@ -83,16 +83,16 @@ impl TokenCache {
         if let Some(token) = self.fresh() {
             return Ok(token);
         }
-        if self.failures.load(Ordering::Acquire) != failures_before {
-            if let Some(message) = last_failure.as_deref() {
-                return Err(Error::Auth {
-                    message: format!(
-                        "{message} (the token request made at the same time for another \
+        if self.failures.load(Ordering::Acquire) != failures_before
+            && let Some(message) = last_failure.as_deref()
+        {
+            return Err(Error::Auth {
+                message: format!(
+                    "{message} (the token request made at the same time for another \
                          request; not repeated)"
-                    ),
-                    response: None,
-                });
-            }
+                ),
+                response: None,
+            });
         }
         let asked_at = Instant::now();
         match fetch().await {
