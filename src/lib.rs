@@ -92,3 +92,8 @@ pub use status::{Progress, parse_progress_percent};
 pub use validate::MAX_PATIENTS;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
