@@ -21,6 +21,7 @@ type Issued = Arc<Mutex<HashMap<String, Instant>>>;
 struct TokenEndpoint {
     issued: Issued,
     count: AtomicUsize,
+    lifetime: Duration,
 }
 
 impl Respond for TokenEndpoint {
@@ -42,7 +43,7 @@ impl Respond for TokenEndpoint {
         ResponseTemplate::new(200).set_body_json(json!({
             "access_token": token,
             "token_type": "bearer",
-            "expires_in": LIFETIME.as_secs(),
+            "expires_in": self.lifetime.as_secs(),
             "scope": "system/*.read"
         }))
     }
@@ -141,6 +142,7 @@ async fn export_completes_across_token_renewals() {
         .respond_with(TokenEndpoint {
             issued: issued.clone(),
             count: AtomicUsize::new(0),
+            lifetime: LIFETIME,
         })
         .mount(&server)
         .await;
@@ -206,4 +208,57 @@ impl Respond for SharedFhir {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         self.0.respond(request)
     }
+}
+
+/// Many files downloading at once share one token request (single flight): the server accepts
+/// only the first token issued, so any extra token request would show as a rejection.
+#[cfg(feature = "testing")]
+#[tokio::test]
+async fn concurrent_downloads_share_one_token() {
+    use fhir_bulk::testing::TestServer;
+    let tokens = MockServer::start().await;
+    Mock::given(matchers::method("POST"))
+        .and(matchers::path("/token"))
+        .respond_with(TokenEndpoint {
+            issued: Issued::default(),
+            count: AtomicUsize::new(0),
+            lifetime: Duration::from_secs(300),
+        })
+        .expect(1)
+        .mount(&tokens)
+        .await;
+    let server = TestServer::builder()
+        .patients(20)
+        .max_resources_per_file(5)
+        .require_bearer("tok-1")
+        .retry_after("0")
+        .start()
+        .await
+        .unwrap();
+    let auth = SmartBackendAuth::builder("bulk-client")
+        .private_key_pem(key("rsa-private.pem"))
+        .kid("test-rsa-key")
+        .token_url(format!("{}/token", tokens.uri()))
+        .scope("system/*.read")
+        .build()
+        .unwrap();
+    let client = BulkClient::builder(server.base_url().as_str())
+        .auth(auth)
+        .build()
+        .unwrap();
+    let export = client.export(&ExportRequest::system()).await.unwrap();
+    let files = export.files(fhir_bulk::FileKind::Output).len();
+    assert!(files >= 8, "{files} files");
+    let n = client
+        .download_resources::<Resource>(&export, &DownloadOptions::default().with_concurrency(8))
+        .try_fold(0usize, |n, _| async move { Ok(n + 1) })
+        .await
+        .unwrap();
+    assert!(n > 0);
+    let rejected = server
+        .requests()
+        .iter()
+        .filter(|r| r.header("authorization") != Some("Bearer tok-1"))
+        .count();
+    assert_eq!(rejected, 0);
 }
