@@ -118,9 +118,22 @@ pub(crate) fn error_response(
     body: &[u8],
     inner: &Inner,
 ) -> ErrorResponse {
+    report(status, url, headers, body, inner.retry_after(headers))
+}
+
+/// The support-desk report of an answer: status, URL without its query, the
+/// OperationOutcome or the start of any other body, the request ids, the Retry-After.
+pub(crate) fn report(
+    status: u16,
+    url: &Url,
+    headers: &HeaderMap,
+    body: &[u8],
+    retry_after: Option<Duration>,
+) -> ErrorResponse {
     let outcome = OperationOutcome::parse(body);
     let text = String::from_utf8_lossy(body);
     let body = if outcome.is_none() && !text.trim().is_empty() {
+        let text = text.trim();
         let mut end = text.len().min(BODY_EXCERPT);
         while !text.is_char_boundary(end) {
             end -= 1;
@@ -135,7 +148,7 @@ pub(crate) fn error_response(
         outcome,
         body,
         request_ids: request_ids(headers),
-        retry_after: inner.retry_after(headers),
+        retry_after,
     }
 }
 

@@ -60,7 +60,6 @@ pub mod auth;
 mod client;
 pub mod download;
 mod error;
-mod fhir_time;
 mod http;
 mod job;
 mod kickoff;

@@ -2,8 +2,8 @@
 //! optionally a server's documented limits ([`ValidationProfile`]).
 
 use crate::error::{Error, Result};
-use crate::fhir_time::parse_instant;
 use crate::request::{ExportLevel, ExportRequest, KickoffMethod, ListEncoding, ValidationProfile};
+use crate::resource::Timestamp;
 
 /// The most `patient` references one kick-off may carry (Oracle Health's documented limit,
 /// the strictest known).
@@ -105,8 +105,8 @@ fn check_type(parameter: &str, name: &str) -> Result<()> {
     }
 }
 
-fn check_instant(parameter: &str, value: &str) -> Result<(i64, u32)> {
-    parse_instant(value).ok_or_else(|| {
+fn check_instant(parameter: &str, value: &str) -> Result<Timestamp> {
+    Timestamp::parse(value).ok_or_else(|| {
         invalid(
             parameter,
             format!(

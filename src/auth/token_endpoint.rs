@@ -7,8 +7,7 @@ use super::discovery::Discovery;
 use super::jwt::{ASSERTION_LIFETIME, AssertionSigner};
 use crate::client::is_loopback;
 use crate::error::{Error, ErrorResponse, Result, TransportErrorKind};
-use crate::http::{request_ids, transport_error};
-use crate::outcome::OperationOutcome;
+use crate::http::transport_error;
 use crate::secret::{AccessToken, SecretString, redact_url};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -25,8 +24,6 @@ pub(super) const MAX_RETRIES: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// The largest token response read.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024;
-/// How much of an error body is kept.
-const BODY_EXCERPT: usize = 2048;
 
 /// A token endpoint: the URL requests go to, and the text used as the assertion's `aud`
 /// (the endpoint exactly as configured or advertised).
@@ -345,18 +342,9 @@ fn error_report(
     body: &[u8],
     scrub: &dyn Fn(&str) -> String,
 ) -> ErrorResponse {
-    let outcome = OperationOutcome::parse(body);
-    let text = String::from_utf8_lossy(body);
-    let body = (outcome.is_none() && !text.trim().is_empty())
-        .then(|| scrub(&shorten(text.trim(), BODY_EXCERPT)));
-    ErrorResponse {
-        status,
-        url: redact_url(url),
-        outcome,
-        body,
-        request_ids: request_ids(headers),
-        retry_after: None,
-    }
+    let mut report = crate::http::report(status, url, headers, body, None);
+    report.body = report.body.map(|text| scrub(&text));
+    report
 }
 
 /// The token from a 2xx answer.
