@@ -118,9 +118,22 @@ pub(crate) fn error_response(
     body: &[u8],
     inner: &Inner,
 ) -> ErrorResponse {
+    report(status, url, headers, body, inner.retry_after(headers))
+}
+
+/// The support-desk report of an answer: status, URL without its query, the
+/// OperationOutcome or the start of any other body, the request ids, the Retry-After.
+pub(crate) fn report(
+    status: u16,
+    url: &Url,
+    headers: &HeaderMap,
+    body: &[u8],
+    retry_after: Option<Duration>,
+) -> ErrorResponse {
     let outcome = OperationOutcome::parse(body);
     let text = String::from_utf8_lossy(body);
     let body = if outcome.is_none() && !text.trim().is_empty() {
+        let text = text.trim();
         let mut end = text.len().min(BODY_EXCERPT);
         while !text.is_char_boundary(end) {
             end -= 1;
@@ -135,7 +148,7 @@ pub(crate) fn error_response(
         outcome,
         body,
         request_ids: request_ids(headers),
-        retry_after: inner.retry_after(headers),
+        retry_after,
     }
 }
 
@@ -175,10 +188,10 @@ pub(crate) fn transport_error(context: &'static str, url: &Url, err: reqwest::Er
 fn chain_has_timeout(err: &reqwest::Error) -> bool {
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
         }
         source = cause.source();
     }
@@ -260,35 +273,36 @@ impl Inner {
                 .map_err(|e| transport_error(call.context, &url, e))?;
             let status = response.status().as_u16();
             let location = header_str(response.headers(), "location").map(str::to_owned);
-            if matches!(status, 301 | 302 | 303 | 307 | 308) {
-                if let Some(location) = location {
-                    hops += 1;
-                    let next = url.join(&location).ok().filter(|_| hops <= MAX_REDIRECTS);
-                    let Some(next) = next.filter(|u| matches!(u.scheme(), "http" | "https")) else {
-                        return Err(Error::Transport {
-                            context: call.context,
-                            kind: TransportErrorKind::Redirect,
-                            url: redact_url(&url),
-                            message: format!(
-                                "too many redirects (more than {MAX_REDIRECTS}) or a redirect \
+            if matches!(status, 301 | 302 | 303 | 307 | 308)
+                && let Some(location) = location
+            {
+                hops += 1;
+                let next = url.join(&location).ok().filter(|_| hops <= MAX_REDIRECTS);
+                let Some(next) = next.filter(|u| matches!(u.scheme(), "http" | "https")) else {
+                    return Err(Error::Transport {
+                        context: call.context,
+                        kind: TransportErrorKind::Redirect,
+                        url: redact_url(&url),
+                        message: format!(
+                            "too many redirects (more than {MAX_REDIRECTS}) or a redirect \
                                  to an unusable location"
-                            ),
-                        });
-                    };
-                    if status == 303 || (matches!(status, 301 | 302) && method == Method::POST) {
-                        method = Method::GET;
-                        body = None;
-                    }
-                    url = next;
-                    continue;
+                        ),
+                    });
+                };
+                if status == 303 || (matches!(status, 301 | 302) && method == Method::POST) {
+                    method = Method::GET;
+                    body = None;
                 }
+                url = next;
+                continue;
             }
-            if status == 401 && !refreshed {
-                if let (Some(token), Some(auth)) = (&token, &self.auth) {
-                    refreshed = true;
-                    auth.token_rejected(token);
-                    continue;
-                }
+            if status == 401
+                && !refreshed
+                && let (Some(token), Some(auth)) = (&token, &self.auth)
+            {
+                refreshed = true;
+                auth.token_rejected(token);
+                continue;
             }
             return Ok(response);
         }
@@ -299,10 +313,10 @@ impl Inner {
         let status = response.status().as_u16();
         let url = response.url().clone();
         let headers = response.headers().clone();
-        if let Some(len) = response.content_length() {
-            if len > MAX_ANSWER_BYTES as u64 {
-                return Err(too_large(call, &url));
-            }
+        if let Some(len) = response.content_length()
+            && len > MAX_ANSWER_BYTES as u64
+        {
+            return Err(too_large(call, &url));
         }
         let mut body = Vec::new();
         let mut response = response;

@@ -2,7 +2,6 @@
 
 use crate::client::BulkClient;
 use crate::error::{Error, Result};
-use crate::fhir_time::format_instant;
 use crate::http::{Call, request_ids};
 use crate::job::{ExportJob, JobHandle};
 use crate::outcome::OperationOutcome;
@@ -136,7 +135,9 @@ impl BulkClient {
                 let handle = JobHandle {
                     status_url,
                     kickoff_url: Some(redact_url(&url)),
-                    kicked_off_at: Some(format_instant((inner.clock)())),
+                    kicked_off_at: Some(
+                        crate::resource::Timestamp::from((inner.clock)()).to_string(),
+                    ),
                     request_ids: request_ids(&answer.headers),
                     separate_export_status: request.separate_export_status,
                     request: Some(request.clone()),

@@ -60,7 +60,6 @@ pub mod auth;
 mod client;
 pub mod download;
 mod error;
-mod fhir_time;
 mod http;
 mod job;
 mod kickoff;
@@ -92,3 +91,8 @@ pub use status::{Progress, parse_progress_percent};
 pub use validate::MAX_PATIENTS;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

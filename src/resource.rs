@@ -226,9 +226,9 @@ impl fmt::Display for Timestamp {
         )?;
         let nanos = self.nanos;
         if nanos == 0 {
-        } else if nanos % 1_000_000 == 0 {
+        } else if nanos.is_multiple_of(1_000_000) {
             write!(f, ".{:03}", nanos / 1_000_000)?;
-        } else if nanos % 1_000 == 0 {
+        } else if nanos.is_multiple_of(1_000) {
             write!(f, ".{:06}", nanos / 1_000)?;
         } else {
             write!(f, ".{nanos:09}")?;
@@ -273,7 +273,7 @@ fn digits(b: &[u8], start: usize, len: usize) -> Option<u32> {
 }
 
 fn is_leap_year(year: u32) -> bool {
-    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+    year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400))
 }
 
 fn days_in_month(year: u32, month: u32) -> u32 {
@@ -471,6 +471,14 @@ impl<'de> Envelope<'de> {
     /// Scans an already validated JSON text for the envelope fields,
     /// stopping as soon as all of them have been seen.
     fn scan(json: &'de str) -> Result<Self, serde_json::Error> {
+        match Self::scan_common(json) {
+            Some(envelope) => Ok(envelope),
+            None => Self::scan_serde(json),
+        }
+    }
+
+    /// The general scan, for any layout.
+    fn scan_serde(json: &'de str) -> Result<Self, serde_json::Error> {
         let mut envelope = Envelope::default();
         let mut deserializer = serde_json::Deserializer::from_str(json);
         let result = deserializer.deserialize_map(EnvelopeVisitor { out: &mut envelope });
@@ -479,6 +487,99 @@ impl<'de> Envelope<'de> {
             Err(error) => Err(error),
             Ok(()) => Ok(envelope),
         }
+    }
+}
+
+/// A cursor over validated JSON text for [`Envelope::scan_common`].
+struct Cursor<'de> {
+    text: &'de str,
+    at: usize,
+}
+
+impl<'de> Cursor<'de> {
+    fn skip_ws(&mut self) {
+        let bytes = self.text.as_bytes();
+        while bytes.get(self.at).is_some_and(|b| b.is_ascii_whitespace()) {
+            self.at += 1;
+        }
+    }
+
+    /// Consumes `byte` (after white space) if it is next.
+    fn eat(&mut self, byte: u8) -> bool {
+        self.skip_ws();
+        if self.text.as_bytes().get(self.at) == Some(&byte) {
+            self.at += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A string without escapes, borrowed; `None` for anything else.
+    fn plain_string(&mut self) -> Option<&'de str> {
+        if !self.eat(b'"') {
+            return None;
+        }
+        let rest = self.text.get(self.at..)?;
+        let end = rest.find(['"', '\\'])?;
+        if rest.as_bytes()[end] != b'"' {
+            return None;
+        }
+        self.at += end + 1;
+        rest.get(..end)
+    }
+
+    /// `"key":` and the key.
+    fn key(&mut self) -> Option<&'de str> {
+        let key = self.plain_string()?;
+        self.eat(b':').then_some(key)
+    }
+}
+
+impl<'de> Envelope<'de> {
+    /// The common layout, read without serde: `resourceType`, `id` and `meta` as the first
+    /// keys (any order) with plain strings, `meta` holding plain strings. `None` for anything
+    /// else, which the serde scan then reads. The text is already validated JSON.
+    fn scan_common(json: &'de str) -> Option<Self> {
+        let mut c = Cursor { text: json, at: 0 };
+        if !c.eat(b'{') {
+            return None;
+        }
+        let mut out = Envelope::default();
+        while !(out.resource_type.is_some() && out.id.is_some() && out.meta_seen) {
+            match c.key()? {
+                "resourceType" if out.resource_type.is_none() => {
+                    out.resource_type = Some(Cow::Borrowed(c.plain_string()?));
+                }
+                "id" if out.id.is_none() => out.id = Some(Some(Cow::Borrowed(c.plain_string()?))),
+                "meta" if !out.meta_seen => {
+                    if !c.eat(b'{') {
+                        return None;
+                    }
+                    if !c.eat(b'}') {
+                        loop {
+                            let key = c.key()?;
+                            let value = c.plain_string()?;
+                            if key == "lastUpdated" && out.last_updated.is_none() {
+                                out.last_updated = Some(Cow::Borrowed(value));
+                            }
+                            if c.eat(b'}') {
+                                break;
+                            }
+                            if !c.eat(b',') {
+                                return None;
+                            }
+                        }
+                    }
+                    out.meta_seen = true;
+                }
+                _ => return None,
+            }
+            if !c.eat(b',') {
+                return None;
+            }
+        }
+        Some(out)
     }
 }
 

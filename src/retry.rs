@@ -153,10 +153,10 @@ pub(crate) fn is_transient_status(
     outcome: Option<&OperationOutcome>,
     has_other_body: bool,
 ) -> bool {
-    if let Some(oo) = outcome {
-        if oo.is_transient() {
-            return true;
-        }
+    if let Some(oo) = outcome
+        && oo.is_transient()
+    {
+        return true;
     }
     match status {
         408 | 429 => true,

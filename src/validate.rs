@@ -2,8 +2,8 @@
 //! optionally a server's documented limits ([`ValidationProfile`]).
 
 use crate::error::{Error, Result};
-use crate::fhir_time::parse_instant;
 use crate::request::{ExportLevel, ExportRequest, KickoffMethod, ListEncoding, ValidationProfile};
+use crate::resource::Timestamp;
 
 /// The most `patient` references one kick-off may carry (Oracle Health's documented limit,
 /// the strictest known).
@@ -105,8 +105,8 @@ fn check_type(parameter: &str, name: &str) -> Result<()> {
     }
 }
 
-fn check_instant(parameter: &str, value: &str) -> Result<(i64, u32)> {
-    parse_instant(value).ok_or_else(|| {
+fn check_instant(parameter: &str, value: &str) -> Result<Timestamp> {
+    Timestamp::parse(value).ok_or_else(|| {
         invalid(
             parameter,
             format!(
@@ -129,13 +129,13 @@ impl ExportRequest {
     }
 
     fn validate_standard(&self) -> Result<()> {
-        if let ExportLevel::Group(id) = &self.level {
-            if id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(invalid(
-                    "group",
-                    format!("`{id}` is not a Group id (it is empty or holds white space)"),
-                ));
-            }
+        if let ExportLevel::Group(id) = &self.level
+            && (id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(invalid(
+                "group",
+                format!("`{id}` is not a Group id (it is empty or holds white space)"),
+            ));
         }
         self.validate_patients()?;
         for t in &self.types {
@@ -206,22 +206,23 @@ impl ExportRequest {
             .as_deref()
             .map(|v| check_instant("_until", v))
             .transpose()?;
-        if let (Some(since), Some(until)) = (since, until) {
-            if since >= until {
-                return Err(invalid("_until", "`_until` must be later than `_since`"));
-            }
+        if let (Some(since), Some(until)) = (since, until)
+            && since >= until
+        {
+            return Err(invalid("_until", "`_until` must be later than `_since`"));
         }
-        if let Some(format) = &self.output_format {
-            if !self.lenient && !OUTPUT_FORMATS.contains(&format.as_str()) {
-                return Err(invalid(
-                    "_outputFormat",
-                    format!(
-                        "`{format}` is not an NDJSON format; use one of {} (or send the request \
+        if let Some(format) = &self.output_format
+            && !self.lenient
+            && !OUTPUT_FORMATS.contains(&format.as_str())
+        {
+            return Err(invalid(
+                "_outputFormat",
+                format!(
+                    "`{format}` is not an NDJSON format; use one of {} (or send the request \
                          as lenient to let the server decide)",
-                        OUTPUT_FORMATS.join(", ")
-                    ),
-                ));
-            }
+                    OUTPUT_FORMATS.join(", ")
+                ),
+            ));
         }
         for code in &self.include_associated_data {
             if !self.lenient && !ASSOCIATED_DATA.contains(&code.as_str()) && !code.starts_with('_')
@@ -384,16 +385,15 @@ impl ExportRequest {
             .types
             .iter()
             .find(|t| ORACLE_REFERENCE_TYPES.contains(&t.as_str()))
+            && !has_clinical
         {
-            if !has_clinical {
-                return Err(invalid(
-                    "_type",
-                    format!(
-                        "Oracle Health exports `{t}` only together with a clinical type such as \
+            return Err(invalid(
+                "_type",
+                format!(
+                    "Oracle Health exports `{t}` only together with a clinical type such as \
                          Patient, Condition or Observation"
-                    ),
-                ));
-            }
+                ),
+            ));
         }
         if !self.include_associated_data.is_empty()
             && !self.types.is_empty()

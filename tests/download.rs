@@ -212,6 +212,12 @@ async fn survives_cuts(offsets: Vec<u64>, ranges: bool, gzip: bool) -> usize {
         .count();
     if ranges {
         assert_eq!(ranged, retries, "every retry resumed with Range");
+        for r in file_requests.iter().filter(|r| r.header("range").is_some()) {
+            let validator = r
+                .header("if-range")
+                .expect("If-Range pins the resumed range");
+            assert!(validator.starts_with('"'), "a strong ETag: {validator}");
+        }
     } else {
         assert_eq!(ranged, 0);
     }

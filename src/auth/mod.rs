@@ -5,9 +5,29 @@
 //! The token is attached in one place, which checks the destination's origin first: only the
 //! FHIR server's origin and origins trusted with
 //! [`BulkClientBuilder::trusted_origin`](crate::BulkClientBuilder::trusted_origin) receive it.
+//!
+//! Providers:
+//! - [`SmartBackendAuth`]: SMART Backend Services (`private_key_jwt` with an RSA or EC key).
+//! - [`ClientSecretAuth`]: `client_credentials` with a client secret.
+//! - [`TokenFn`]: your own async function.
+//! - [`StaticToken`]: a fixed token.
 
+mod cache;
+mod client_secret;
+mod closure;
+mod der;
+mod discovery;
+mod jwt;
+mod keys;
+mod oauth;
+mod smart;
 mod static_token;
+mod token_endpoint;
 
+pub use client_secret::{ClientSecretAuth, ClientSecretAuthBuilder, ClientSecretMethod};
+pub use closure::TokenFn;
+pub use keys::SigningAlgorithm;
+pub use smart::{SmartBackendAuth, SmartBackendAuthBuilder};
 pub use static_token::StaticToken;
 
 use crate::error::Result;

@@ -72,12 +72,11 @@ pub(crate) fn line_stream(
                     Ok(line) => {
                         delivered = framer.checkpoint();
                         counted += 1;
-                        if organized {
-                            if let Some(reference) = block_header_reference(line.bytes()) {
+                        if organized
+                            && let Some(reference) = block_header_reference(line.bytes()) {
                                 subject = Some(Arc::from(reference));
                                 continue;
                             }
-                        }
                         yield Ok(SourcedLine { line, subject: subject.clone() });
                     }
                     Err(e) => {
@@ -87,14 +86,13 @@ pub(crate) fn line_stream(
                 }
             }
         }
-        if let Some(expected) = file.count.filter(|_| options.check_count) {
-            if expected != counted {
+        if let Some(expected) = file.count.filter(|_| options.check_count)
+            && expected != counted {
                 yield Err(Error::CountMismatch {
                     file: file.url.clone(),
                     expected,
                     actual: counted,
                 });
             }
-        }
     }
 }

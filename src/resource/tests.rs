@@ -554,3 +554,47 @@ proptest! {
         prop_assert_eq!(probed.as_deref(), Some(resource_type.as_str()));
     }
 }
+
+#[test]
+fn common_layout_scan_agrees_with_the_serde_scan() {
+    let cases = [
+        r#"{"resourceType":"Observation","id":"o-1","meta":{"lastUpdated":"2024-01-09T06:58:38.874Z"},"status":"final"}"#,
+        r#"{ "resourceType" : "Patient" , "id" : "p" , "meta" : { "versionId" : "3" , "lastUpdated" : "2024-01-01T00:00:00Z" } , "x" : 1 }"#,
+        r#"{"id":"p","meta":{},"resourceType":"Patient","active":true}"#,
+        r#"{"meta":{"lastUpdated":"2024-01-01T00:00:00Z"},"resourceType":"Patient","id":"a","b":[1]}"#,
+        // Layouts the common scan declines; the serde scan reads them.
+        r#"{"resourceType":"Patient","id":"p\u0041","meta":{"lastUpdated":"2024-01-01T00:00:00Z"},"x":1}"#,
+        r#"{"resourceType":"Patient","meta":{"tag":[{"code":"x"}],"lastUpdated":"2024-01-01T00:00:00Z"},"id":"p","x":1}"#,
+        r#"{"text":{"div":"x"},"resourceType":"Patient","id":"p","meta":{"lastUpdated":"2024-01-01T00:00:00Z"}}"#,
+        r#"{"resourceType":"Patient","id":null,"meta":{"lastUpdated":"2024-01-01T00:00:00Z"},"x":1}"#,
+        r#"{"resourceType":"Patient","id":"p"}"#,
+        r#"{"resourceType":"Patient","id":"p","meta":{"lastUpdated":"2024-01-01T00:00:00Z"}}"#,
+        r#"{"resourceType":"Patient","resourceType":"Group","id":"p","meta":{},"x":1}"#,
+    ];
+    for json in cases {
+        let serde = Envelope::scan_serde(json).unwrap();
+        let either = Envelope::scan(json).unwrap();
+        let fields = |e: &Envelope<'_>| {
+            (
+                e.resource_type.as_deref().map(str::to_owned),
+                e.id.clone().map(|i| i.map(|s| s.into_owned())),
+                e.last_updated.as_deref().map(str::to_owned),
+            )
+        };
+        assert_eq!(fields(&either), fields(&serde), "{json}");
+        if let Some(common) = Envelope::scan_common(json) {
+            assert_eq!(fields(&common), fields(&serde), "{json}");
+        }
+    }
+    // The common layout is taken by the fast path.
+    assert!(Envelope::scan_common(cases[0]).is_some());
+    assert!(Envelope::scan_common(cases[1]).is_some());
+    assert!(
+        Envelope::scan_common(cases[4]).is_none(),
+        "escapes go to serde"
+    );
+    assert!(
+        Envelope::scan_common(cases[5]).is_none(),
+        "non-string meta values go to serde"
+    );
+}
