@@ -1467,3 +1467,314 @@ async fn the_demo_runs_offline_through_the_export_path() {
     let r = run(&["demo", "--patients", "5", "--output-dir", s(&out)]).await;
     assert_code(&r, 0);
 }
+
+fn key_path(name: &str) -> String {
+    format!("{}/fixtures/keys/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The decoded JSON of part `n` (0 header, 1 claims) of a JWT.
+fn jwt_part(jwt: &str, n: usize) -> Value {
+    use base64::Engine;
+    let part = jwt.split('.').nth(n).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn form(body: &[u8]) -> std::collections::HashMap<String, String> {
+    url::form_urlencoded::parse(body).into_owned().collect()
+}
+
+async fn token_endpoint(token: &str) -> MockServer {
+    let tokens = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": token,
+            "token_type": "bearer",
+            "expires_in": 300,
+            "scope": "system/*.rs"
+        })))
+        .mount(&tokens)
+        .await;
+    tokens
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_backend_services_with_a_pem_key() {
+    let access = "smart-SECRET-access-1";
+    let tokens = token_endpoint(access).await;
+    let srv = server(
+        TestServer::builder()
+            .patients(1)
+            .polls_before_complete(0)
+            .require_bearer(access),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = srv.base_url().to_string();
+    let token_url = format!("{}/token", tokens.uri());
+    let r = run(&[
+        "export",
+        &base,
+        "--client-id",
+        "cli-client",
+        "--private-key",
+        &key_path("rsa-private.pem"),
+        "--key-id",
+        "test-rsa-1",
+        "--token-url",
+        &token_url,
+        "--scope",
+        "system/Patient.rs system/Observation.rs",
+        "--output-dir",
+        s(dir.path()),
+        FAST,
+    ])
+    .await;
+    assert_code(&r, 0);
+    let requests = tokens.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1, "one token for the whole export");
+    let fields = form(&requests[0].body);
+    assert_eq!(fields["grant_type"], "client_credentials");
+    assert_eq!(fields["scope"], "system/Patient.rs system/Observation.rs");
+    assert_eq!(
+        fields["client_assertion_type"],
+        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    );
+    let header = jwt_part(&fields["client_assertion"], 0);
+    assert_eq!(
+        (header["alg"].as_str(), header["kid"].as_str()),
+        (Some("RS384"), Some("test-rsa-1"))
+    );
+    let claims = jwt_part(&fields["client_assertion"], 1);
+    assert_eq!(claims["iss"], "cli-client");
+    assert_eq!(claims["sub"], "cli-client");
+    assert_eq!(claims["aud"], token_url);
+    assert!(
+        srv.requests()
+            .iter()
+            .all(|q| q.header("authorization") == Some(&format!("Bearer {access}")))
+    );
+    assert_absent(&r.all(), access, "output");
+    assert_absent(&read(&dir.path().join("log.ndjson")), access, "log.ndjson");
+    assert_absent(
+        &read(&dir.path().join("fhir-bulk-job.json")),
+        access,
+        "state",
+    );
+}
+
+/// `status` with SMART discovery at `--base-url`, a JWKS key, and the job on another origin
+/// that is trusted with the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_discovery_with_a_jwks_key_for_status() {
+    let access = "smart-SECRET-access-2";
+    let fhir = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/fhir/.well-known/smart-configuration"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "token_endpoint": format!("{}/auth/token", fhir.uri()),
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+            "capabilities": ["client-confidential-asymmetric", "permission-v2"]
+        })))
+        .expect(1)
+        .mount(&fhir)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/auth/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": access, "token_type": "bearer", "expires_in": 300
+        })))
+        .expect(1)
+        .mount(&fhir)
+        .await;
+    let srv = server(
+        TestServer::builder()
+            .patients(1)
+            .polls_before_complete(5)
+            .require_bearer(access),
+    )
+    .await;
+    let job = BulkClient::builder(srv.base_url().as_str())
+        .bearer_token(access)
+        .build()
+        .unwrap()
+        .kick_off(&ExportRequest::system())
+        .await
+        .unwrap();
+    let status_url = job.status_url().to_string();
+    let base = format!("{}/fhir", fhir.uri());
+    let origin = format!("http://127.0.0.1:{}", srv.addr().port());
+    let r = run(&[
+        "status",
+        &status_url,
+        "--base-url",
+        &base,
+        "--trusted-origin",
+        &origin,
+        "--client-id",
+        "cli-client",
+        "--private-key",
+        &key_path("private-jwks.json"),
+        "--key-id",
+        "test-ec-1",
+    ])
+    .await;
+    assert_code(&r, 0);
+    assert!(r.stdout.starts_with("in progress"), "{}", r.stdout);
+    let token_request = fhir
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.url.path() == "/auth/token")
+        .unwrap();
+    let fields = form(&token_request.body);
+    assert_eq!(
+        fields["scope"], "system/*.rs",
+        "scope from discovery (SMART v2)"
+    );
+    assert_eq!(jwt_part(&fields["client_assertion"], 0)["alg"], "ES384");
+    assert_absent(&r.all(), access, "output");
+    drop(fhir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_secret_from_the_environment() {
+    use base64::Engine;
+    let access = "secret-SECRET-access-3";
+    let secret = "client-SECRET-value-9";
+    let tokens = MockServer::start().await;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("cli-client:{secret}"));
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(wiremock::matchers::header(
+            "authorization",
+            format!("Basic {basic}"),
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": access, "token_type": "bearer", "expires_in": 300
+        })))
+        .expect(1)
+        .mount(&tokens)
+        .await;
+    let srv = server(
+        TestServer::builder()
+            .patients(1)
+            .polls_before_complete(0)
+            .require_bearer(access),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = srv.base_url().to_string();
+    let token_url = format!("{}/token", tokens.uri());
+    let output = command(&[
+        "export",
+        &base,
+        "--client-id",
+        "cli-client",
+        "--token-url",
+        &token_url,
+        "--output-dir",
+        s(dir.path()),
+        FAST,
+    ])
+    .env("FHIR_BULK_CLIENT_SECRET", secret)
+    .env("FHIR_BULK_TOKEN", "ignored-with-client-id")
+    .output()
+    .await
+    .unwrap();
+    let r = finished(output);
+    assert_code(&r, 0);
+    for s in [secret, access] {
+        assert_absent(&r.all(), s, "output");
+        assert_absent(&read(&dir.path().join("log.ndjson")), s, "log.ndjson");
+    }
+    drop(tokens);
+
+    // A token endpoint that refuses the client: exit 1, no kick-off, no secret shown.
+    let refusing = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "error": "invalid_client", "error_description": "unknown client"
+        })))
+        .mount(&refusing)
+        .await;
+    let before = kickoffs(&srv).len();
+    let token_url = format!("{}/token", refusing.uri());
+    let out = dir.path().join("refused");
+    let r = run(&[
+        "export",
+        &base,
+        "--client-id",
+        "cli-client",
+        "--client-secret",
+        secret,
+        "--token-url",
+        &token_url,
+        "--output-dir",
+        s(&out),
+        FAST,
+    ])
+    .await;
+    assert_code(&r, 1);
+    assert!(r.stderr.contains("invalid_client"), "{}", r.stderr);
+    assert_absent(&r.all(), secret, "output");
+    assert_absent(&read(&out.join("log.ndjson")), secret, "log.ndjson");
+    assert_eq!(kickoffs(&srv).len(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_flags_that_do_not_fit_exit_2() {
+    let base = "http://127.0.0.1:9/fhir";
+    let pem = key_path("rsa-private.pem");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["export", base, "--private-key", &pem], "--private-key"),
+        (vec!["export", base, "--client-id", "c"], "--client-id"),
+        (
+            vec!["export", base, "--client-id", "c", "--private-key", &pem],
+            "--key-id",
+        ),
+        (
+            vec![
+                "export",
+                base,
+                "--client-id",
+                "c",
+                "--private-key",
+                "/nonexistent.pem",
+            ],
+            "--private-key",
+        ),
+        (
+            vec![
+                "export",
+                base,
+                "--client-id",
+                "c",
+                "--token",
+                "t",
+                "--client-secret",
+                "s",
+            ],
+            "--token",
+        ),
+        (
+            vec!["cancel", "http://127.0.0.1:9/jobs/1", "--scope", "x"],
+            "--scope",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (mut args, flag) in cases {
+        if args[0] == "export" {
+            args.extend(["--output-dir", s(dir.path())]);
+        }
+        let r = run(&args).await;
+        assert_code(&r, 2);
+        assert!(r.stderr.contains(flag), "{args:?}: {}", r.stderr);
+    }
+}

@@ -325,11 +325,11 @@ impl BulkClient {
             sink.line(&line.resource).await?;
             count += 1;
             data_bytes += line.resource.len() as u64 + 1;
-            if let Some(progress) = &options.on_progress {
-                if data_bytes - reported >= PROGRESS_EVERY_BYTES {
-                    reported = data_bytes;
-                    progress(path, count, data_bytes);
-                }
+            if let Some(progress) = &options.on_progress
+                && data_bytes - reported >= PROGRESS_EVERY_BYTES
+            {
+                reported = data_bytes;
+                progress(path, count, data_bytes);
             }
         }
         let bytes = sink.finish().await?;

@@ -42,18 +42,46 @@ pub(crate) enum Command {
 }
 
 /// Authorization and connection options, accepted by every subcommand that talks to a server.
+///
+/// Credentials: a static bearer token (`--token`, else the `FHIR_BULK_TOKEN` environment
+/// variable); SMART Backend Services (`--client-id` with `--private-key`); or a client secret
+/// (`--client-id` with `--client-secret`, else `FHIR_BULK_CLIENT_SECRET`). The environment
+/// variables keep secrets out of the process list.
 #[derive(Args, Clone, Default)]
 pub(crate) struct ServerArgs {
-    /// A static bearer token.
-    #[arg(
-        long,
-        env = "FHIR_BULK_TOKEN",
-        hide_env_values = true,
-        value_name = "TOKEN",
-        value_parser = parse_secret,
-        help_heading = "Auth"
-    )]
+    /// A static bearer token [default: the FHIR_BULK_TOKEN environment variable].
+    #[arg(long, value_name = "TOKEN", value_parser = parse_secret, help_heading = "Auth")]
     pub(crate) token: Option<SecretString>,
+
+    /// The client id registered with the server: SMART Backend Services with --private-key,
+    /// or a client secret with --client-secret.
+    #[arg(long, value_name = "ID", help_heading = "Auth")]
+    pub(crate) client_id: Option<String>,
+
+    /// SMART Backend Services: the client's private key, a PEM file (PKCS#8, PKCS#1 or SEC 1;
+    /// needs --key-id) or a JWKS file.
+    #[arg(long, value_name = "FILE", help_heading = "Auth")]
+    pub(crate) private_key: Option<PathBuf>,
+
+    /// The `kid` the server knows the key by (required for a PEM key; selects a key of a
+    /// JWKS).
+    #[arg(long, value_name = "KID", help_heading = "Auth")]
+    pub(crate) key_id: Option<String>,
+
+    /// The token endpoint [default: discovered from the server's
+    /// .well-known/smart-configuration].
+    #[arg(long, value_name = "URL", help_heading = "Auth")]
+    pub(crate) token_url: Option<String>,
+
+    /// The scopes to request, space-separated [default: system/*.rs or system/*.read, as the
+    /// server advertises].
+    #[arg(long, value_name = "SCOPES", help_heading = "Auth")]
+    pub(crate) scope: Option<String>,
+
+    /// The client secret, with --client-id [default: the FHIR_BULK_CLIENT_SECRET environment
+    /// variable].
+    #[arg(long, value_name = "SECRET", value_parser = parse_secret, help_heading = "Auth")]
+    pub(crate) client_secret: Option<SecretString>,
 
     /// An origin besides the FHIR server's that may receive the token (repeatable).
     #[arg(long = "trusted-origin", value_name = "ORIGIN", help_heading = "Auth")]
@@ -269,6 +297,11 @@ pub(crate) struct StatusArgs {
     #[arg(value_name = "STATUS_URL")]
     pub(crate) status_url: String,
 
+    /// The FHIR server's base URL [default: the status URL's origin]: the token goes to its
+    /// origin, and SMART discovery reads its .well-known/smart-configuration.
+    #[arg(long, value_name = "URL")]
+    pub(crate) base_url: Option<String>,
+
     /// Authorization and headers.
     #[command(flatten)]
     pub(crate) server: ServerArgs,
@@ -285,6 +318,11 @@ pub(crate) struct CancelArgs {
     #[arg(value_name = "STATUS_URL")]
     pub(crate) status_url: String,
 
+    /// The FHIR server's base URL [default: the status URL's origin]: the token goes to its
+    /// origin, and SMART discovery reads its .well-known/smart-configuration.
+    #[arg(long, value_name = "URL")]
+    pub(crate) base_url: Option<String>,
+
     /// Authorization and headers.
     #[command(flatten)]
     pub(crate) server: ServerArgs,
@@ -298,8 +336,9 @@ pub(crate) struct DownloadArgs {
     #[arg(value_name = "MANIFEST_JSON_FILE|STATUS_URL")]
     pub(crate) source: String,
 
-    /// The FHIR server the token belongs to, when the source is a manifest file whose
-    /// `request` does not say (default: the origin of the manifest's `request`).
+    /// The FHIR server's base URL: the token goes to its origin, and SMART discovery reads
+    /// its .well-known/smart-configuration [default: a manifest's `request` origin, or the
+    /// status URL's origin].
     #[arg(long, value_name = "URL")]
     pub(crate) base_url: Option<String>,
 

@@ -50,8 +50,7 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<(), CliError> {
         lenient: false,
         server: ServerArgs {
             token: Some(SecretString::new(token)),
-            trusted_origins: Vec::new(),
-            headers: Vec::new(),
+            ..ServerArgs::default()
         },
         poll: PollArgs {
             retry_after_unit: RetryAfterUnitArg::Seconds,

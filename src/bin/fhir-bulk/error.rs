@@ -60,6 +60,12 @@ fn flag_for(name: &str) -> &'static str {
         "patient" => "--patient",
         "group" | "level" => "--group",
         "token" | "auth" => "--token",
+        "client_id" => "--client-id",
+        "private_key" | "jwks" | "algorithm" => "--private-key",
+        "kid" => "--key-id",
+        "token_url" => "--token-url",
+        "scope" => "--scope",
+        "client_secret" => "--client-secret",
         _ => "--param",
     }
 }

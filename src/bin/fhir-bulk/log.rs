@@ -58,10 +58,10 @@ impl EventLog {
             Ok(mut file) => file.write_all(text.as_bytes()),
             Err(poisoned) => poisoned.into_inner().write_all(text.as_bytes()),
         };
-        if let Err(e) = result {
-            if !self.warned.swap(true, Ordering::Relaxed) {
-                eprintln!("warning: cannot write {LOG_FILE}: {e}");
-            }
+        if let Err(e) = result
+            && !self.warned.swap(true, Ordering::Relaxed)
+        {
+            eprintln!("warning: cannot write {LOG_FILE}: {e}");
         }
     }
 }

@@ -166,11 +166,11 @@ impl Reporter {
 
     /// The job is complete: stop the spinner.
     pub(crate) fn polling_done(&self) {
-        if let Some(bars) = &self.bars {
-            if let Some(spinner) = lock(&bars.spinner).take() {
-                spinner.finish_and_clear();
-                bars.multi.remove(&spinner);
-            }
+        if let Some(bars) = &self.bars
+            && let Some(spinner) = lock(&bars.spinner).take()
+        {
+            spinner.finish_and_clear();
+            bars.multi.remove(&spinner);
         }
     }
 

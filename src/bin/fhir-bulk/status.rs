@@ -28,7 +28,11 @@ fn base_of(status_url: &str) -> Result<String, CliError> {
 
 /// Polls once and prints the progress, or a summary of the manifest.
 pub(crate) async fn status(args: &StatusArgs) -> Result<(), CliError> {
-    let client = client::build(&base_of(&args.status_url)?, &args.server, &args.poll)?;
+    let base = match &args.base_url {
+        Some(base) => base.clone(),
+        None => base_of(&args.status_url)?,
+    };
+    let client = client::build(&base, &args.server, &args.poll)?;
     let job = client.job_at(args.status_url.trim()).map_err(from_lib)?;
     match job.poll().await {
         Ok(PollStatus::InProgress(progress)) => {
@@ -89,11 +93,11 @@ fn describe_manifest(manifest: &Manifest) -> String {
 
 /// DELETEs the job.
 pub(crate) async fn cancel(args: &CancelArgs) -> Result<(), CliError> {
-    let client = client::build(
-        &base_of(&args.status_url)?,
-        &args.server,
-        &Default::default(),
-    )?;
+    let base = match &args.base_url {
+        Some(base) => base.clone(),
+        None => base_of(&args.status_url)?,
+    };
+    let client = client::build(&base, &args.server, &Default::default())?;
     let job = client.job_at(args.status_url.trim()).map_err(from_lib)?;
     match job.cancel().await.map_err(from_lib)? {
         DeleteOutcome::Deleted => println!("cancelled: the server accepted the DELETE"),

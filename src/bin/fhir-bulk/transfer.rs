@@ -155,10 +155,10 @@ pub(crate) async fn download(
 pub(crate) fn count_issues(dir: &Path, state: &StateFile, reporter: &Reporter) -> IssueCounts {
     let mut counts = IssueCounts::default();
     for (key, record) in &state.state.files {
-        if record.kind == FileKind::Error {
-            if let Err(e) = outcomes::count_file(&dir.join(key), &mut counts) {
-                reporter.warn(&format!("cannot read {key}: {e}"));
-            }
+        if record.kind == FileKind::Error
+            && let Err(e) = outcomes::count_file(&dir.join(key), &mut counts)
+        {
+            reporter.warn(&format!("cannot read {key}: {e}"));
         }
     }
     counts
