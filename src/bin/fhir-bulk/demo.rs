@@ -26,11 +26,11 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<(), CliError> {
         .start()
         .await
         .map_err(|e| CliError::Failed(format!("cannot start the demo server: {e}")))?;
-    eprintln!(
+    crate::out::err(&format!(
         "demo: a bulk data server with {} synthetic patients is listening on {}",
         args.patients,
         server.base_url()
-    );
+    ));
     let export_args = ExportArgs {
         base_url: server.base_url().to_string(),
         group: None,

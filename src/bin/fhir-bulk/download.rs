@@ -102,6 +102,17 @@ pub(crate) async fn run(args: &DownloadArgs) -> Result<(), CliError> {
             path.display(),
             export.manifests.len()
         ));
+        if export
+            .manifests
+            .last()
+            .and_then(|m| m.next_link())
+            .is_some()
+        {
+            reporter.warn(
+                "the manifest links to further pages that are not saved next to it; only the \
+                 files of the pages at hand are downloaded (give the status URL to get them all)",
+            );
+        }
         (client, export, None)
     };
     state.state.phase = Phase::Downloading;
@@ -136,11 +147,12 @@ pub(crate) async fn run(args: &DownloadArgs) -> Result<(), CliError> {
             "duration": started.elapsed().as_millis() as u64,
         }),
     );
+    state.state.phase = Phase::Complete;
+    state.save()?;
     let job_note = match &job {
         Some(job) => Some(export::finish_job(job, args.keep_job, &mut state, &reporter).await),
         None => None,
     };
-    state.state.phase = Phase::Complete;
     state.save()?;
     reporter.finish();
     let summary = Summary {
@@ -153,7 +165,7 @@ pub(crate) async fn run(args: &DownloadArgs) -> Result<(), CliError> {
         output_dir: dir,
         job_note,
     };
-    print!("{}", summary.render());
+    crate::out::text(&summary.render());
     export::issues_result(dir, issues.errors())
 }
 

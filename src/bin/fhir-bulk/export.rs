@@ -17,13 +17,19 @@ use serde_json::{Map, Value, json};
 use std::path::Path;
 use std::time::Instant;
 
-/// What to run again to resume.
+/// What to run again to resume (checked after the interruption: before the kick-off answer
+/// there is nothing to resume).
 pub(crate) fn resume_hint(dir: &Path) -> String {
-    format!(
-        "the finished files and the job state ({}) are kept; run the same command again to \
-         resume",
-        StateFile::path_in(dir).display()
-    )
+    let state = StateFile::path_in(dir);
+    if state.exists() {
+        format!(
+            "the finished files and the job state ({}) are kept; run the same command again \
+             to resume",
+            state.display()
+        )
+    } else {
+        "no export job was recorded yet; running the same command again starts one".to_owned()
+    }
 }
 
 /// Runs an export from the flags.
@@ -122,8 +128,11 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
             "duration": started.elapsed().as_millis() as u64,
         }),
     );
-    let job_note = finish_job(&job, args.keep_job, &mut state, &reporter).await;
+    // Complete and verified: recorded before the DELETE, so an interruption during the DELETE
+    // leaves a directory that is known to be complete.
     state.state.phase = Phase::Complete;
+    state.save()?;
+    let job_note = finish_job(&job, args.keep_job, &mut state, &reporter).await;
     state.save()?;
     reporter.finish();
     let summary = Summary {
@@ -136,7 +145,7 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
         output_dir: dir,
         job_note: Some(job_note),
     };
-    print!("{}", summary.render());
+    crate::out::text(&summary.render());
     issues_result(dir, issues.errors())
 }
 
@@ -162,10 +171,10 @@ pub(crate) fn issues_result(dir: &Path, errors: u64) -> Result<(), CliError> {
 
 /// The export recorded in the directory is already complete: say so, show its summary.
 fn already_complete(dir: &Path, old: JobState, started: Instant) -> Result<(), CliError> {
-    eprintln!(
+    crate::out::err(&format!(
         "The export in {} is already complete; pass --fresh to run a new one.",
         dir.display()
-    );
+    ));
     let summary = Summary {
         files: &old.files,
         issues: Default::default(),
@@ -174,9 +183,14 @@ fn already_complete(dir: &Path, old: JobState, started: Instant) -> Result<(), C
         download_elapsed: Default::default(),
         transaction_time: old.transaction_time.as_deref(),
         output_dir: dir,
-        job_note: None,
+        job_note: match &old.job {
+            Some(job) if !old.job_deleted => {
+                Some(format!("still on the server: {}", job.status_url))
+            }
+            _ => None,
+        },
     };
-    print!("{}", summary.render());
+    crate::out::text(&summary.render());
     issues_result(dir, old.error_issues)
 }
 

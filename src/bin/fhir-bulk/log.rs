@@ -61,7 +61,7 @@ impl EventLog {
         if let Err(e) = result
             && !self.warned.swap(true, Ordering::Relaxed)
         {
-            eprintln!("warning: cannot write {LOG_FILE}: {e}");
+            crate::out::err(&format!("warning: cannot write {LOG_FILE}: {e}"));
         }
     }
 }

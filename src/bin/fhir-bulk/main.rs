@@ -17,7 +17,7 @@
 //! (`log.ndjson`), [`manifest`] (`manifest.json`), [`outcomes`] (error-file severities),
 //! [`progress`] (bars or plain lines), [`summary`] (the final table), [`status`] (`status`
 //! and `cancel`), [`download`] (`download`), [`demo`] (`demo`), [`signal`], [`time`],
-//! [`redact`] and [`error`] (exit codes).
+//! [`redact`], [`out`] and [`error`] (exit codes).
 
 mod args;
 mod auth;
@@ -28,6 +28,7 @@ mod error;
 mod export;
 mod log;
 mod manifest;
+mod out;
 mod outcomes;
 mod progress;
 mod redact;
@@ -71,7 +72,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            out::err(&format!("error: cannot start the async runtime: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -92,13 +93,13 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Interrupted) => {
             match interrupted_hint(&cli.command) {
-                Some(hint) => eprintln!("\ninterrupted: {hint}. The job was not deleted."),
-                None => eprintln!("\ninterrupted"),
+                Some(hint) => out::err(&format!("\ninterrupted: {hint}. The job was not deleted.")),
+                None => out::err("\ninterrupted"),
             }
             CliError::Interrupted.exit_code()
         }
         Err(error) => {
-            eprintln!("error: {error}");
+            out::err(&format!("error: {error}"));
             error.exit_code()
         }
     }

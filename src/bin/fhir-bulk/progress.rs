@@ -4,7 +4,7 @@
 //! stderr, no escape codes.
 
 use crate::args::OutputArgs;
-use crate::time;
+use crate::{out, time};
 use fhir_bulk::Progress;
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -43,7 +43,8 @@ pub(crate) struct Reporter {
 /// Download totals shared by the file bars and the overall bar.
 #[derive(Debug)]
 struct Totals {
-    started: Instant,
+    /// When the downloads began.
+    started: Mutex<Instant>,
     data_bytes: AtomicU64,
     resources: AtomicU64,
 }
@@ -84,7 +85,7 @@ impl Reporter {
             verbosity,
             last_progress: Mutex::new(None),
             totals: Arc::new(Totals {
-                started: Instant::now(),
+                started: Mutex::new(Instant::now()),
                 data_bytes: AtomicU64::new(0),
                 resources: AtomicU64::new(0),
             }),
@@ -95,10 +96,10 @@ impl Reporter {
         match &self.bars {
             Some(bars) => {
                 if bars.multi.println(message).is_err() {
-                    eprintln!("{message}");
+                    out::err(message);
                 }
             }
-            None => eprintln!("{} {message}", time::now()),
+            None => out::err(&format!("{} {message}", time::now())),
         }
     }
 
@@ -176,6 +177,7 @@ impl Reporter {
 
     /// Downloads begin: `files` to fetch in this run.
     pub(crate) fn downloads(&self, files: usize) {
+        *lock(&self.totals.started) = Instant::now();
         if let Some(bars) = &self.bars {
             let overall = bars.multi.add(ProgressBar::new(files as u64));
             overall.set_style(style(
@@ -315,7 +317,10 @@ impl FileProgress {
             });
         }
         if let Some(overall) = &self.overall {
-            let secs = self.totals.started.elapsed().as_secs_f64().max(0.001);
+            let secs = lock(&self.totals.started)
+                .elapsed()
+                .as_secs_f64()
+                .max(0.001);
             overall.set_message(format!(
                 "{} at {}/s",
                 HumanBytes(total_bytes),

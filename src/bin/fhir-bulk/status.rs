@@ -43,11 +43,11 @@ pub(crate) async fn status(args: &StatusArgs) -> Result<(), CliError> {
             if let Some(wait) = progress.retry_after {
                 let _ = write!(text, "; poll again in {}", human_duration(wait));
             }
-            println!("{text}");
+            crate::out::line(&text);
             Ok(())
         }
         Ok(PollStatus::Complete(manifest)) => {
-            print!("{}", describe_manifest(&manifest));
+            crate::out::text(&describe_manifest(&manifest));
             Ok(())
         }
         Ok(_) => Err(CliError::Failed(
@@ -100,8 +100,10 @@ pub(crate) async fn cancel(args: &CancelArgs) -> Result<(), CliError> {
     let client = client::build(&base, &args.server, &Default::default())?;
     let job = client.job_at(args.status_url.trim()).map_err(from_lib)?;
     match job.cancel().await.map_err(from_lib)? {
-        DeleteOutcome::Deleted => println!("cancelled: the server accepted the DELETE"),
-        DeleteOutcome::AlreadyGone => println!("already gone: the server no longer knows this job"),
+        DeleteOutcome::Deleted => crate::out::line("cancelled: the server accepted the DELETE"),
+        DeleteOutcome::AlreadyGone => {
+            crate::out::line("already gone: the server no longer knows this job");
+        }
     }
     Ok(())
 }

@@ -166,7 +166,9 @@ pub(crate) fn count_issues(dir: &Path, state: &StateFile, reporter: &Reporter) -
 
 /// The message for failed files: how many, the first error, and how to resume.
 pub(crate) fn failure_message(report: &TransferReport, resume: &str) -> String {
-    let (name, first) = &report.failures[0];
+    let Some((name, first)) = report.failures.first() else {
+        return format!("the downloads did not complete; {resume}");
+    };
     let expired = report
         .failures
         .iter()
