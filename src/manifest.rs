@@ -274,6 +274,20 @@ pub struct CompletedExport {
 }
 
 impl CompletedExport {
+    /// An export made of manifest pages obtained earlier, e.g. read back from a saved
+    /// `manifest.json` with [`Manifest::from_slice`], so its files can be saved again with
+    /// [`BulkClient::save_export`](crate::BulkClient::save_export) without polling the server. `status_url` names the job (use
+    /// the file's `file://` URL when the status URL is unknown); `next` links of the pages are
+    /// not followed, so pass every page. The pages' `Expires` are unknown (`None`).
+    pub fn from_manifests(status_url: Url, manifests: Vec<Manifest>) -> CompletedExport {
+        CompletedExport {
+            status_url,
+            manifests,
+        }
+    }
+}
+
+impl CompletedExport {
     /// The `transactionTime` to use as the next export's `_since`.
     pub fn transaction_time(&self) -> &str {
         self.manifests

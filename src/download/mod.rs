@@ -1,7 +1,7 @@
 //! Downloading export files as streams of resources, lines, error outcomes or deletions.
 //!
 //! Every stream is `Send + 'static` with one item type, [`Record`], which tells the file and
-//! line each item came from. A transfer that breaks off is resumed (see [`body`]) and every
+//! line each item came from. A transfer that breaks off is resumed (see the `body` module) and every
 //! line is delivered exactly once. Memory stays bounded by the chunk size and the maximum line
 //! length, whatever the file size. Parsing happens as the caller pulls items, one chunk at a
 //! time, so no single poll of a stream blocks the runtime for long.
@@ -12,7 +12,7 @@ mod expiry;
 mod lines;
 mod save;
 
-pub use save::{SaveOptions, SaveReport, SavedFile, file_names};
+pub use save::{SaveOptions, SaveProgress, SaveReport, SavedFile, file_names};
 
 use crate::client::BulkClient;
 use crate::error::{Error, LineErrorKind, Result};

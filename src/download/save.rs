@@ -4,14 +4,14 @@
 //! complete and its line count checked, so a reader never sees half a file.
 //!
 //! A progress callback ([`SaveOptions::with_progress`]) reports lines and bytes while a file
-//! is written, and [`CompletedExport::from_manifests`] rebuilds an export from stored manifest
+//! is written, and [`CompletedExport::from_manifests`](crate::CompletedExport::from_manifests) rebuilds an export from stored manifest
 //! pages, so that the files of an export saved earlier (its `manifest.json`) can be fetched
 //! again without the server's status URL.
 
 use super::DownloadOptions;
 use crate::client::BulkClient;
 use crate::error::{Error, Result};
-use crate::manifest::{CompletedExport, ExportFile, FileKind, Manifest};
+use crate::manifest::{CompletedExport, ExportFile, FileKind};
 use crate::secret::redact_url_str;
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -22,7 +22,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use url::Url;
 
 /// How [`BulkClient::save_export`] writes files.
 #[non_exhaustive]
@@ -40,8 +39,11 @@ pub struct SaveOptions {
     /// compression): after every 64 KiB of data or so, and once more with the totals when the
     /// file is complete (before it is renamed). Not called for skipped files. Default none.
     #[allow(clippy::type_complexity)]
-    pub on_progress: Option<Arc<dyn Fn(&Path, u64, u64) + Send + Sync>>,
+    pub on_progress: Option<SaveProgress>,
 }
+
+/// A progress callback: `(path, lines, data_bytes)` of the file being saved.
+pub type SaveProgress = Arc<dyn Fn(&Path, u64, u64) + Send + Sync>;
 
 /// How much NDJSON data [`SaveOptions::on_progress`] waits for between two calls.
 const PROGRESS_EVERY_BYTES: u64 = 64 * 1024;
@@ -118,20 +120,6 @@ impl SaveOptions {
     ) -> Self {
         self.on_progress = Some(Arc::new(progress));
         self
-    }
-}
-
-impl CompletedExport {
-    /// An export made of manifest pages obtained earlier, e.g. read back from a saved
-    /// `manifest.json` with [`Manifest::from_slice`], so its files can be saved again with
-    /// [`BulkClient::save_export`] without polling the server. `status_url` names the job (use
-    /// the file's `file://` URL when the status URL is unknown); `next` links of the pages are
-    /// not followed, so pass every page. The pages' `Expires` are unknown (`None`).
-    pub fn from_manifests(status_url: Url, manifests: Vec<Manifest>) -> CompletedExport {
-        CompletedExport {
-            status_url,
-            manifests,
-        }
     }
 }
 
@@ -367,8 +355,10 @@ impl BulkClient {
 mod tests {
     use super::*;
     use crate::ExportRequest;
+    use crate::manifest::Manifest;
     use crate::testing::TestServer;
     use std::sync::Mutex;
+    use url::Url;
 
     #[tokio::test]
     async fn progress_is_reported_and_data_bytes_counted() {
