@@ -14,7 +14,6 @@ use crate::state::{JobState, Phase, StateFile};
 use crate::summary::Summary;
 use crate::transfer;
 use fhir_bulk::{BulkClient, CompletedExport, ExportJob};
-use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
 use url::Url;
@@ -128,27 +127,7 @@ pub(crate) async fn run(args: &DownloadArgs) -> Result<(), CliError> {
         &reporter,
     )
     .await?;
-    if !report.failures.is_empty() {
-        reporter.finish();
-        return Err(CliError::Failed(transfer::failure_message(
-            &report,
-            "run the same command again",
-        )));
-    }
-    let issues = transfer::count_issues(dir, &state, &reporter);
-    state.state.error_issues = issues.errors();
-    log.event(
-        "export_complete",
-        json!({
-            "files": state.state.files.len(),
-            "resources": state.state.files.values().map(|f| f.resources).sum::<u64>(),
-            "bytes": state.state.files.values().map(|f| f.data_bytes).sum::<u64>(),
-            "attachments": 0,
-            "duration": started.elapsed().as_millis() as u64,
-        }),
-    );
-    state.state.phase = Phase::Complete;
-    state.save()?;
+    let issues = transfer::conclude(&report, dir, &mut state, &reporter, &log, started, "")?;
     let job_note = match &job {
         Some(job) => Some(export::finish_job(job, args.keep_job, &mut state, &reporter).await),
         None => None,

@@ -109,29 +109,15 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
         &reporter,
     )
     .await?;
-    if !report.failures.is_empty() {
-        reporter.finish();
-        return Err(CliError::Failed(format!(
-            "{}. The job was not deleted",
-            transfer::failure_message(&report, "run the same command again")
-        )));
-    }
-    let issues = transfer::count_issues(dir, &state, &reporter);
-    state.state.error_issues = issues.errors();
-    log.event(
-        "export_complete",
-        json!({
-            "files": state.state.files.len(),
-            "resources": state.state.files.values().map(|f| f.resources).sum::<u64>(),
-            "bytes": state.state.files.values().map(|f| f.data_bytes).sum::<u64>(),
-            "attachments": 0,
-            "duration": started.elapsed().as_millis() as u64,
-        }),
-    );
-    // Complete and verified: recorded before the DELETE, so an interruption during the DELETE
-    // leaves a directory that is known to be complete.
-    state.state.phase = Phase::Complete;
-    state.save()?;
+    let issues = transfer::conclude(
+        &report,
+        dir,
+        &mut state,
+        &reporter,
+        &log,
+        started,
+        ". The job was not deleted",
+    )?;
     let job_note = finish_job(&job, args.keep_job, &mut state, &reporter).await;
     state.save()?;
     reporter.finish();

@@ -151,6 +151,43 @@ pub(crate) async fn download(
     Ok(report)
 }
 
+/// After the downloads: an error if any file failed (`failure_suffix` appended to the
+/// message); otherwise the error files' issues counted, `export_complete` logged, and the
+/// export recorded as complete and saved (before any DELETE, so an interruption during the
+/// DELETE leaves a directory known to be complete).
+pub(crate) fn conclude(
+    report: &TransferReport,
+    dir: &Path,
+    state: &mut StateFile,
+    reporter: &Reporter,
+    log: &EventLog,
+    started: std::time::Instant,
+    failure_suffix: &str,
+) -> Result<IssueCounts, CliError> {
+    if !report.failures.is_empty() {
+        reporter.finish();
+        return Err(CliError::Failed(format!(
+            "{}{failure_suffix}",
+            failure_message(report, "run the same command again")
+        )));
+    }
+    let issues = count_issues(dir, state, reporter);
+    state.state.error_issues = issues.errors();
+    log.event(
+        "export_complete",
+        json!({
+            "files": state.state.files.len(),
+            "resources": state.state.files.values().map(|f| f.resources).sum::<u64>(),
+            "bytes": state.state.files.values().map(|f| f.data_bytes).sum::<u64>(),
+            "attachments": 0,
+            "duration": started.elapsed().as_millis() as u64,
+        }),
+    );
+    state.state.phase = state::Phase::Complete;
+    state.save()?;
+    Ok(issues)
+}
+
 /// Counts the issues in the saved error files recorded in `state`.
 pub(crate) fn count_issues(dir: &Path, state: &StateFile, reporter: &Reporter) -> IssueCounts {
     let mut counts = IssueCounts::default();
