@@ -1,5 +1,5 @@
 //! A whole export (kick-off, polls, manifest, downloads, DELETE) against a server that demands
-//! SMART Backend Services tokens and honours each for two seconds only: tokens expire
+//! SMART Backend Services tokens and honours each for three seconds only: tokens expire
 //! mid-export and every step must keep working across renewals.
 
 use fhir_bulk::auth::SmartBackendAuth;
@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
-const LIFETIME: Duration = Duration::from_secs(2);
+const LIFETIME: Duration = Duration::from_secs(3);
 
 /// Tokens issued, with when.
 type Issued = Arc<Mutex<HashMap<String, Instant>>>;
@@ -87,7 +87,7 @@ impl Respond for Fhir {
             ("GET", "/fhir/$export") => ResponseTemplate::new(202)
                 .insert_header("Content-Location", format!("{base}/fhir/jobs/1")),
             ("GET", "/fhir/jobs/1") => {
-                if self.polls.fetch_add(1, Ordering::SeqCst) < 4 {
+                if self.polls.fetch_add(1, Ordering::SeqCst) < 5 {
                     ResponseTemplate::new(202).insert_header("X-Progress", "in progress")
                 } else {
                     ResponseTemplate::new(200).set_body_json(json!({
