@@ -57,6 +57,7 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 
 pub mod auth;
+mod capability;
 mod client;
 pub mod download;
 mod error;
@@ -74,6 +75,7 @@ mod secret;
 mod status;
 mod validate;
 
+pub use capability::CapabilityStatement;
 pub use client::{BulkClient, BulkClientBuilder, DEFAULT_USER_AGENT};
 pub use download::{DownloadOptions, InvalidLines, Record, RecordStream};
 pub use error::{Error, ErrorResponse, LineErrorKind, RequestIds, Result, TransportErrorKind};

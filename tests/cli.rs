@@ -82,6 +82,14 @@ async fn export_saves_files_manifest_log_and_state_then_deletes_the_job() {
     // The log: the SMART bulk-data-client's events, in order, with one export id.
     let ids = event_ids(&out);
     assert_eq!(ids[0], "kickoff");
+    // The kickoff event names the server's software, from its CapabilityStatement.
+    let kickoff: serde_json::Value =
+        serde_json::from_str(read(&out.join("log.ndjson")).lines().next().unwrap()).unwrap();
+    let detail = &kickoff["eventDetail"];
+    assert_eq!(detail["softwareName"], "fhir-bulk test server");
+    assert_eq!(detail["softwareVersion"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(detail["softwareReleaseDate"], "2026-01-01");
+    assert_eq!(detail["fhirVersion"], "4.0.1");
     assert_eq!(ids[1], "status_progress");
     let tail: Vec<&str> = ids[2..5].iter().map(String::as_str).collect();
     assert_eq!(

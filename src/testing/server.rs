@@ -182,6 +182,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         router = kickoff_routes(router, path, &kickoff);
     }
     router
+        .route("/fhir/metadata", get(metadata))
         .route("/fhir/jobs/{id}", get(jobs::status).delete(jobs::delete))
         .route("/fhir/files/{job}/{name}", get(files::download))
         .fallback(not_found)
@@ -191,6 +192,47 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             record_and_authorize,
         ))
         .with_state(shared)
+}
+
+/// `GET [base]/metadata`: a CapabilityStatement naming this server and its operations.
+async fn metadata() -> Response {
+    let body = serde_json::json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "kind": "instance",
+        "date": "2026-01-01",
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "software": {
+            "name": "fhir-bulk test server",
+            "version": env!("CARGO_PKG_VERSION"),
+            "releaseDate": "2026-01-01"
+        },
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
+        "rest": [{
+            "mode": "server",
+            "operation": [{
+                "name": "export",
+                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
+            }],
+            "resource": [
+                {"type": "Patient", "operation": [{
+                    "name": "patient-export",
+                    "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
+                }]},
+                {"type": "Group", "operation": [{
+                    "name": "group-export",
+                    "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
+                }]}
+            ]
+        }]
+    });
+    let mut response = axum::Json(body).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/fhir+json"),
+    );
+    response
 }
 
 async fn not_found() -> Response {

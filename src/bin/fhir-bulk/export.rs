@@ -190,15 +190,30 @@ async fn kick_off(
     let mut state = JobState::new(Phase::Running);
     let log = open_log(dir, &state.export_id)?;
     let export_url = export_url(client, request);
+    // What the server runs, for the log (as the SMART bulk-data-client records it); a server
+    // without a readable CapabilityStatement still gets its export.
+    let server = match client.capability_statement().await {
+        Ok(server) => Some(server),
+        Err(error) => {
+            reporter.detail(&format!(
+                "no CapabilityStatement: {}",
+                crate::error::describe(&error)
+            ));
+            None
+        }
+    };
+    let software = |field: fn(&fhir_bulk::CapabilityStatement) -> &Option<String>| {
+        server.as_ref().and_then(|s| field(s).clone())
+    };
     reporter.info(&format!("kicking off {export_url}"));
     let mut detail = json!({
         "exportUrl": export_url,
         "errorCode": null,
         "errorBody": null,
-        "softwareName": null,
-        "softwareVersion": null,
-        "softwareReleaseDate": null,
-        "fhirVersion": null,
+        "softwareName": software(|s| &s.software_name),
+        "softwareVersion": software(|s| &s.software_version),
+        "softwareReleaseDate": software(|s| &s.software_release_date),
+        "fhirVersion": software(|s| &s.fhir_version),
         "requestParameters": request_parameters(request),
         "responseHeaders": {},
     });
