@@ -30,7 +30,6 @@ pub(crate) enum TokenUse {
     /// The first hop must be on a trusted origin; redirect hops elsewhere go without it.
     Required,
     /// Never attach it (capability URLs: `requiresAccessToken: false`).
-    #[allow(dead_code)] // the download step sends these
     Never,
 }
 
