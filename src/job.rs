@@ -78,6 +78,18 @@ pub enum DeleteOutcome {
     AlreadyGone,
 }
 
+/// The server's answer to a DELETE of the job.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeleteReport {
+    /// Deleted, or already gone.
+    pub outcome: DeleteOutcome,
+    /// The `OperationOutcome` the server sent with its answer, if any.
+    pub operation_outcome: Option<OperationOutcome>,
+    /// The request-id headers of the answer.
+    pub request_ids: RequestIds,
+}
+
 /// An export job on the server.
 #[derive(Debug, Clone)]
 pub struct ExportJob {
@@ -272,25 +284,30 @@ impl ExportJob {
 
     /// Cancels a running export (DELETE on the status URL). Same request as
     /// [`ExportJob::delete`]; named for use before completion.
-    pub async fn cancel(&self) -> Result<DeleteOutcome> {
+    pub async fn cancel(&self) -> Result<DeleteReport> {
         self.delete_as("cancelling the export job").await
     }
 
     /// Tells the server the files are downloaded and may be removed (DELETE on the status
     /// URL). Servers that allow one export per client need it before the next kick-off.
-    pub async fn delete(&self) -> Result<DeleteOutcome> {
+    pub async fn delete(&self) -> Result<DeleteReport> {
         self.delete_as("deleting the export job").await
     }
 
-    async fn delete_as(&self, context: &'static str) -> Result<DeleteOutcome> {
+    async fn delete_as(&self, context: &'static str) -> Result<DeleteReport> {
         let inner = &self.client.inner;
         let call = Call::new(context, Method::DELETE, self.handle.status_url.clone())
             .header(ACCEPT, "application/fhir+json");
         let answer = inner.request(&call).await?;
-        match answer.status {
-            200..=299 => Ok(DeleteOutcome::Deleted),
-            404 | 410 => Ok(DeleteOutcome::AlreadyGone),
-            _ => Err(inner.unexpected(context, &answer)),
-        }
+        let outcome = match answer.status {
+            200..=299 => DeleteOutcome::Deleted,
+            404 | 410 => DeleteOutcome::AlreadyGone,
+            _ => return Err(inner.unexpected(context, &answer)),
+        };
+        Ok(DeleteReport {
+            outcome,
+            operation_outcome: OperationOutcome::parse(&answer.body),
+            request_ids: crate::http::request_ids(&answer.headers),
+        })
     }
 }

@@ -79,7 +79,7 @@ pub use capability::CapabilityStatement;
 pub use client::{BulkClient, BulkClientBuilder, DEFAULT_USER_AGENT};
 pub use download::{DownloadOptions, InvalidLines, Record, RecordStream};
 pub use error::{Error, ErrorResponse, LineErrorKind, RequestIds, Result, TransportErrorKind};
-pub use job::{DeleteOutcome, ExportJob, JobHandle, PollStatus};
+pub use job::{DeleteOutcome, DeleteReport, ExportJob, JobHandle, PollStatus};
 pub use manifest::{CompletedExport, ExportFile, FileKind, Manifest, ManifestFile, ManifestLink};
 pub use outcome::OperationOutcome;
 pub use poll::{ClockFn, PollPolicy, RetryAfterUnit, SleepFn, parse_retry_after};

@@ -566,7 +566,7 @@ async fn one_token_serves_many_requests() {
     for _ in 0..5 {
         job.poll().await.unwrap();
     }
-    assert_eq!(job.delete().await.unwrap(), DeleteOutcome::Deleted);
+    assert_eq!(job.delete().await.unwrap().outcome, DeleteOutcome::Deleted);
 }
 
 #[tokio::test]

@@ -186,7 +186,7 @@ async fn export_completes_across_token_renewals() {
         .await
         .unwrap();
     assert_eq!(ids, ["p1", "p2", "o1"]);
-    assert_eq!(job.delete().await.unwrap(), DeleteOutcome::Deleted);
+    assert_eq!(job.delete().await.unwrap().outcome, DeleteOutcome::Deleted);
 
     assert!(started.elapsed() > LIFETIME, "the export outlived a token");
     let tokens = issued.lock().unwrap().len();

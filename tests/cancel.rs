@@ -10,7 +10,9 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const JOB: &str = "/r4/tenant/bulk-export/jobs/9f1e";
 
-async fn delete_answer(answer: ResponseTemplate) -> (MockServer, fhir_bulk::Result<DeleteOutcome>) {
+async fn delete_answer(
+    answer: ResponseTemplate,
+) -> (MockServer, fhir_bulk::Result<fhir_bulk::DeleteReport>) {
     let server = MockServer::start().await;
     Mock::given(method("DELETE"))
         .and(path(JOB))
@@ -30,19 +32,33 @@ async fn delete_answer(answer: ResponseTemplate) -> (MockServer, fhir_bulk::Resu
 
 #[tokio::test]
 async fn accepted_delete() {
-    let (_s, r) = delete_answer(ResponseTemplate::new(202)).await;
-    assert_eq!(r.unwrap(), DeleteOutcome::Deleted);
+    let (_s, r) = delete_answer(
+        ResponseTemplate::new(202)
+            .insert_header("X-Request-Id", "del-202")
+            .set_body_json(outcome("information", "informational", "files purged")),
+    )
+    .await;
+    let report = r.unwrap();
+    assert_eq!(report.outcome, DeleteOutcome::Deleted);
+    assert_eq!(
+        report.operation_outcome.unwrap().issue[0]
+            .diagnostics
+            .as_deref(),
+        Some("files purged"),
+        "the server's OperationOutcome is kept"
+    );
+    assert_eq!(report.request_ids.x_request_id.as_deref(), Some("del-202"));
     // Microsoft and others answer 200.
     let (_s, r) = delete_answer(ResponseTemplate::new(200)).await;
-    assert_eq!(r.unwrap(), DeleteOutcome::Deleted);
+    assert_eq!(r.unwrap().outcome, DeleteOutcome::Deleted);
 }
 
 #[tokio::test]
 async fn already_gone_is_not_an_error() {
     let (_s, r) = delete_answer(ResponseTemplate::new(404)).await;
-    assert_eq!(r.unwrap(), DeleteOutcome::AlreadyGone);
+    assert_eq!(r.unwrap().outcome, DeleteOutcome::AlreadyGone);
     let (_s, r) = delete_answer(ResponseTemplate::new(410)).await;
-    assert_eq!(r.unwrap(), DeleteOutcome::AlreadyGone);
+    assert_eq!(r.unwrap().outcome, DeleteOutcome::AlreadyGone);
 }
 
 /// Google answers an error to DELETE of a completed job.
@@ -85,6 +101,6 @@ async fn delete_after_download_and_transient_retry() {
     let client = client(&server, &sleeps);
     let job = client.job_at("jobs/1").unwrap();
     assert_eq!(job.status_url().path(), "/fhir/jobs/1");
-    assert_eq!(job.delete().await.unwrap(), DeleteOutcome::Deleted);
+    assert_eq!(job.delete().await.unwrap().outcome, DeleteOutcome::Deleted);
     assert_eq!(sleeps.taken().len(), 1);
 }

@@ -354,8 +354,11 @@ pub(crate) async fn finish_job(
         return format!("kept on the server (--keep-job): {url}");
     }
     match job.delete().await {
-        Ok(_) => {
+        Ok(report) => {
             state.state.job_deleted = true;
+            if let Some(outcome) = &report.operation_outcome {
+                reporter.info(&format!("the server says about the DELETE: {outcome}"));
+            }
             "deleted on the server".to_owned()
         }
         Err(e) => {

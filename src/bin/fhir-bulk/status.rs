@@ -99,11 +99,15 @@ pub(crate) async fn cancel(args: &CancelArgs) -> Result<(), CliError> {
     };
     let client = client::build(&base, &args.server, &Default::default())?;
     let job = client.job_at(args.status_url.trim()).map_err(from_lib)?;
-    match job.cancel().await.map_err(from_lib)? {
+    let report = job.cancel().await.map_err(from_lib)?;
+    match report.outcome {
         DeleteOutcome::Deleted => crate::out::line("cancelled: the server accepted the DELETE"),
         DeleteOutcome::AlreadyGone => {
             crate::out::line("already gone: the server no longer knows this job");
         }
+    }
+    if let Some(outcome) = &report.operation_outcome {
+        crate::out::line(&format!("the server says: {outcome}"));
     }
     Ok(())
 }
