@@ -11,7 +11,6 @@ use crate::log;
 use crate::manifest;
 use crate::progress::Reporter;
 use crate::state::{JobState, Phase, StateFile};
-use crate::summary::Summary;
 use crate::transfer;
 use fhir_bulk::{BulkClient, CompletedExport, ExportJob};
 use std::path::Path;
@@ -114,9 +113,6 @@ pub(crate) async fn run(args: &DownloadArgs) -> Result<(), CliError> {
         }
         (client, export, None)
     };
-    state.state.phase = Phase::Downloading;
-    state.state.transaction_time = Some(export.transaction_time().to_owned());
-    state.save()?;
     let report = transfer::download(
         &client,
         &export,
@@ -132,20 +128,9 @@ pub(crate) async fn run(args: &DownloadArgs) -> Result<(), CliError> {
         Some(job) => Some(export::finish_job(job, args.keep_job, &mut state, &reporter).await),
         None => None,
     };
-    state.save()?;
-    reporter.finish();
-    let summary = Summary {
-        files: &state.state.files,
-        issues,
-        elapsed: started.elapsed(),
-        downloaded_bytes: report.downloaded_bytes,
-        download_elapsed: report.elapsed,
-        transaction_time: state.state.transaction_time.as_deref(),
-        output_dir: dir,
-        job_note,
-    };
-    crate::out::text(&summary.render());
-    export::issues_result(dir, issues.errors())
+    transfer::summarize(
+        dir, &mut state, &report, issues, started, job_note, &reporter,
+    )
 }
 
 /// Whether two paths name the same directory.

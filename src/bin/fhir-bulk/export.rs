@@ -91,9 +91,6 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
     let export = wait(&job, &mut state, &log, &reporter).await?;
     log::manifest_events(&log, &export);
     manifest::write(dir, &export)?;
-    state.state.phase = Phase::Downloading;
-    state.state.transaction_time = Some(export.transaction_time().to_owned());
-    state.save()?;
     reporter.milestone(&format!(
         "export ready: {} files (transactionTime {})",
         export.all_files().len(),
@@ -119,20 +116,15 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
         ". The job was not deleted",
     )?;
     let job_note = finish_job(&job, args.keep_job, &mut state, &reporter).await;
-    state.save()?;
-    reporter.finish();
-    let summary = Summary {
-        files: &state.state.files,
+    transfer::summarize(
+        dir,
+        &mut state,
+        &report,
         issues,
-        elapsed: started.elapsed(),
-        downloaded_bytes: report.downloaded_bytes,
-        download_elapsed: report.elapsed,
-        transaction_time: state.state.transaction_time.as_deref(),
-        output_dir: dir,
-        job_note: Some(job_note),
-    };
-    crate::out::text(&summary.render());
-    issues_result(dir, issues.errors())
+        started,
+        Some(job_note),
+        &reporter,
+    )
 }
 
 pub(crate) fn open_log(dir: &Path, export_id: &str) -> Result<EventLog, CliError> {

@@ -64,6 +64,9 @@ pub(crate) async fn download(
     log: &EventLog,
     reporter: &Reporter,
 ) -> Result<TransferReport, CliError> {
+    state.state.phase = state::Phase::Downloading;
+    state.state.transaction_time = Some(export.transaction_time().to_owned());
+    state.save()?;
     let started = std::time::Instant::now();
     let options = save_options(output);
     let mut report = TransferReport::default();
@@ -186,6 +189,33 @@ pub(crate) fn conclude(
     state.state.phase = state::Phase::Complete;
     state.save()?;
     Ok(issues)
+}
+
+/// The end of a run whose files are complete: saves the state, clears the bars, prints the
+/// summary, and turns error or fatal issues in the error files into exit code 1.
+pub(crate) fn summarize(
+    dir: &Path,
+    state: &mut StateFile,
+    report: &TransferReport,
+    issues: IssueCounts,
+    started: std::time::Instant,
+    job_note: Option<String>,
+    reporter: &Reporter,
+) -> Result<(), CliError> {
+    state.save()?;
+    reporter.finish();
+    let summary = crate::summary::Summary {
+        files: &state.state.files,
+        issues,
+        elapsed: started.elapsed(),
+        downloaded_bytes: report.downloaded_bytes,
+        download_elapsed: report.elapsed,
+        transaction_time: state.state.transaction_time.as_deref(),
+        output_dir: dir,
+        job_note,
+    };
+    crate::out::text(&summary.render());
+    crate::export::issues_result(dir, issues.errors())
 }
 
 /// Counts the issues in the saved error files recorded in `state`.
