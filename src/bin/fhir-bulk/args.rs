@@ -290,9 +290,9 @@ pub(crate) struct ExportArgs {
     pub(crate) fresh: bool,
 }
 
-/// `fhir-bulk status`.
+/// The job a `status` or `cancel` command acts on, and how to reach it.
 #[derive(Args, Clone)]
-pub(crate) struct StatusArgs {
+pub(crate) struct JobTarget {
     /// The job's status URL (the kick-off's Content-Location).
     #[arg(value_name = "STATUS_URL")]
     pub(crate) status_url: String,
@@ -305,6 +305,14 @@ pub(crate) struct StatusArgs {
     /// Authorization and headers.
     #[command(flatten)]
     pub(crate) server: ServerArgs,
+}
+
+/// `fhir-bulk status`.
+#[derive(Args, Clone)]
+pub(crate) struct StatusArgs {
+    /// The job.
+    #[command(flatten)]
+    pub(crate) target: JobTarget,
 
     /// Polling.
     #[command(flatten)]
@@ -314,18 +322,9 @@ pub(crate) struct StatusArgs {
 /// `fhir-bulk cancel`.
 #[derive(Args, Clone)]
 pub(crate) struct CancelArgs {
-    /// The job's status URL (the kick-off's Content-Location).
-    #[arg(value_name = "STATUS_URL")]
-    pub(crate) status_url: String,
-
-    /// The FHIR server's base URL [default: the status URL's origin]: the token goes to its
-    /// origin, and SMART discovery reads its .well-known/smart-configuration.
-    #[arg(long, value_name = "URL")]
-    pub(crate) base_url: Option<String>,
-
-    /// Authorization and headers.
+    /// The job.
     #[command(flatten)]
-    pub(crate) server: ServerArgs,
+    pub(crate) target: JobTarget,
 }
 
 /// `fhir-bulk download`.

@@ -1,10 +1,10 @@
 //! `fhir-bulk status` (one poll) and `fhir-bulk cancel` (DELETE the job).
 
-use crate::args::{CancelArgs, StatusArgs};
+use crate::args::{CancelArgs, JobTarget, PollArgs, StatusArgs};
 use crate::client;
 use crate::error::{CliError, describe, from_lib};
 use crate::time::human_duration;
-use fhir_bulk::{DeleteOutcome, Error, Manifest, PollStatus};
+use fhir_bulk::{DeleteOutcome, Error, ExportJob, Manifest, PollStatus};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use url::Url;
@@ -26,14 +26,21 @@ fn base_of(status_url: &str) -> Result<String, CliError> {
     Ok(url.origin().ascii_serialization() + "/")
 }
 
+impl JobTarget {
+    /// The job, through a client for its server (`--base-url`, else the status URL's origin).
+    fn job(&self, poll: &PollArgs) -> Result<ExportJob, CliError> {
+        let base = match &self.base_url {
+            Some(base) => base.clone(),
+            None => base_of(&self.status_url)?,
+        };
+        let client = client::build(&base, &self.server, poll)?;
+        client.job_at(self.status_url.trim()).map_err(from_lib)
+    }
+}
+
 /// Polls once and prints the progress, or a summary of the manifest.
 pub(crate) async fn status(args: &StatusArgs) -> Result<(), CliError> {
-    let base = match &args.base_url {
-        Some(base) => base.clone(),
-        None => base_of(&args.status_url)?,
-    };
-    let client = client::build(&base, &args.server, &args.poll)?;
-    let job = client.job_at(args.status_url.trim()).map_err(from_lib)?;
+    let job = args.target.job(&args.poll)?;
     match job.poll().await {
         Ok(PollStatus::InProgress(progress)) => {
             let mut text = format!(
@@ -93,12 +100,7 @@ fn describe_manifest(manifest: &Manifest) -> String {
 
 /// DELETEs the job.
 pub(crate) async fn cancel(args: &CancelArgs) -> Result<(), CliError> {
-    let base = match &args.base_url {
-        Some(base) => base.clone(),
-        None => base_of(&args.status_url)?,
-    };
-    let client = client::build(&base, &args.server, &Default::default())?;
-    let job = client.job_at(args.status_url.trim()).map_err(from_lib)?;
+    let job = args.target.job(&PollArgs::default())?;
     let report = job.cancel().await.map_err(from_lib)?;
     match report.outcome {
         DeleteOutcome::Deleted => crate::out::line("cancelled: the server accepted the DELETE"),
