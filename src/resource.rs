@@ -11,6 +11,7 @@
 //!   block of an export organised with `organizeOutputBy`.
 //! * [`Timestamp`] is a FHIR `instant`.
 
+use std::any::{Any, TypeId};
 use std::borrow::Cow;
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -818,10 +819,28 @@ impl<'de> Visitor<'de> for ProbeVisitor<'_, 'de> {
 /// assert_eq!(error.to_string(), r#"expected resourceType "Observation", found "Patient""#);
 /// # Ok::<(), ParseError>(())
 /// ```
-pub fn parse_line<T: DeserializeOwned>(
+pub fn parse_line<T: DeserializeOwned + 'static>(
     line: &[u8],
     expected_type: Option<&str>,
 ) -> Result<T, ParseError> {
+    // `Resource` knows its type once parsed (and its parse checks the UTF-8): one parse
+    // instead of a UTF-8 pass, a probe and a parse.
+    if TypeId::of::<T>() == TypeId::of::<Resource>() {
+        let resource = Resource::from_line(line)?;
+        if let Some(expected) = expected_type
+            && resource.resource_type() != expected
+        {
+            return Err(ParseError::UnexpectedResourceType {
+                expected: expected.to_owned(),
+                found: Some(resource.resource_type().to_owned()),
+            });
+        }
+        let any: Box<dyn Any> = Box::new(resource);
+        if let Ok(typed) = any.downcast::<T>() {
+            return Ok(*typed);
+        }
+        // Unreachable (the type ids are equal); the general path below is still correct.
+    }
     let text = std::str::from_utf8(line).map_err(ParseError::InvalidUtf8)?;
     if let Some(expected) = expected_type {
         let found = probe_str(text)?;

@@ -21,7 +21,7 @@ use crate::manifest::{CompletedExport, ExportFile, FileKind};
 use crate::ndjson::DEFAULT_MAX_LINE_LEN;
 use crate::outcome::OperationOutcome;
 use crate::resource::{
-    DeletedResource, ParseError, Resource, deleted_resources, parse_line, probe_resource_type,
+    DeletedResource, ParseError, deleted_resources, parse_line, probe_resource_type,
 };
 use crate::secret::redact_url_str;
 use body::FileRequest;
@@ -30,7 +30,6 @@ use futures::StreamExt;
 use futures::stream::{self, BoxStream};
 use lines::{SourcedLine, line_stream};
 use serde::de::DeserializeOwned;
-use std::any::{Any, TypeId};
 use std::sync::Arc;
 
 /// What to do with a line that cannot be used (unparsable, wrong `resourceType`, too long).
@@ -243,34 +242,6 @@ where
     stream.boxed()
 }
 
-/// Parses a line as `T`, checking its `resourceType` against `expected`.
-///
-/// The default [`Resource`] knows its type once parsed, so it skips the separate UTF-8 pass
-/// and the `resourceType` probe that an arbitrary `T` needs: one parse instead of three.
-fn parse_typed<T: DeserializeOwned + 'static>(
-    line: &[u8],
-    expected: Option<&str>,
-) -> std::result::Result<T, ParseError> {
-    if TypeId::of::<T>() != TypeId::of::<Resource>() {
-        return parse_line::<T>(line, expected);
-    }
-    let resource = Resource::from_line(line)?;
-    if let Some(expected) = expected
-        && resource.resource_type() != expected
-    {
-        return Err(ParseError::UnexpectedResourceType {
-            expected: expected.to_owned(),
-            found: Some(resource.resource_type().to_owned()),
-        });
-    }
-    let any: Box<dyn Any> = Box::new(resource);
-    match any.downcast::<T>() {
-        Ok(typed) => Ok(*typed),
-        // Unreachable (the TypeIds are equal); fall back to the generic path rather than panic.
-        Err(_) => parse_line::<T>(line, expected),
-    }
-}
-
 /// Downloads files one after another per `continuesInFile` chain, chains concurrently.
 fn across_files<T, F>(files: Vec<ExportFile>, concurrency: usize, one: F) -> RecordStream<T>
 where
@@ -338,7 +309,7 @@ impl BulkClient {
         let check = options.check_resource_type && file.organized_by.is_none();
         map_lines(self, file, options, move |info, line| {
             let expected = info.resource_type.as_deref().filter(|_| check);
-            Ok(vec![parse_typed::<T>(line.line.bytes(), expected)?])
+            Ok(vec![parse_line::<T>(line.line.bytes(), expected)?])
         })
     }
 
