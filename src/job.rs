@@ -7,6 +7,7 @@ use crate::http::{Call, header_str};
 use crate::manifest::{CompletedExport, Manifest, PageCollector};
 use crate::outcome::OperationOutcome;
 use crate::request::ExportRequest;
+use crate::retry::RetryBudget;
 use crate::secret::redact_url;
 use crate::status::{Progress, StatusAnswer, StatusDecision, decide};
 use reqwest::Method;
@@ -147,11 +148,8 @@ impl ExportJob {
     pub async fn poll(&self) -> Result<PollStatus> {
         let inner = &self.client.inner;
         let call = self.get("the status request", self.handle.status_url.clone());
-        let mut schedule = backon::BackoffBuilder::build(inner.retry.backoff());
-        let started = tokio::time::Instant::now();
-        let mut attempts = 0;
+        let mut budget = RetryBudget::new(&inner.retry);
         loop {
-            attempts += 1;
             let answer = inner.request(&call).await?;
             let url = redact_url(&answer.url);
             let facts = StatusAnswer {
@@ -177,18 +175,12 @@ impl ExportJob {
                     Err(inner.unexpected("the status request", &answer))
                 }
                 StatusDecision::Retry(report) => {
-                    let wait = inner.retry.adjust(schedule.next(), report.retry_after);
-                    let Some(wait) = wait else {
-                        return Err(Error::RetriesExhausted {
-                            attempts,
-                            elapsed: started.elapsed(),
-                            last: Box::new(Error::UnexpectedResponse {
-                                context: "the status request",
-                                response: Box::new(report),
-                            }),
-                        });
+                    let retry_after = report.retry_after;
+                    let last = Error::UnexpectedResponse {
+                        context: "the status request",
+                        response: Box::new(report),
                     };
-                    (inner.sleep)(wait).await;
+                    (inner.sleep)(budget.next_wait(retry_after, last)?).await;
                     continue;
                 }
             };

@@ -6,8 +6,9 @@
 //! decorrelated exponential backoff with jitter (the `backon` crate), bounded by a count and a
 //! total time, and a server's `Retry-After` (capped) lengthens a wait but never shortens it.
 
+use crate::error::Error;
 use crate::outcome::OperationOutcome;
-use backon::ExponentialBuilder;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use std::time::Duration;
 
 /// How transient failures are retried.
@@ -145,6 +146,56 @@ impl RetryPolicy {
     }
 }
 
+/// The retry bookkeeping of a loop written by hand (a stream that yields between attempts, a
+/// poll that retries on what `X-Export-Status` says): the schedule, the attempts made and the
+/// time since the first one.
+#[derive(Debug)]
+pub(crate) struct RetryBudget {
+    policy: RetryPolicy,
+    schedule: ExponentialBackoff,
+    attempts: usize,
+    started: tokio::time::Instant,
+}
+
+impl RetryBudget {
+    /// The budget of a request whose first attempt is being made.
+    pub(crate) fn new(policy: &RetryPolicy) -> RetryBudget {
+        RetryBudget {
+            policy: policy.clone(),
+            schedule: policy.backoff().build(),
+            attempts: 1,
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The wait before the next attempt (the schedule lengthened to `retry_after`), or, when
+    /// the policy allows no more, the error that ends the retries with `last` inside.
+    pub(crate) fn next_wait(
+        &mut self,
+        retry_after: Option<Duration>,
+        last: Error,
+    ) -> Result<Duration, Error> {
+        match self.policy.adjust(self.schedule.next(), retry_after) {
+            Some(wait) => {
+                self.attempts += 1;
+                Ok(wait)
+            }
+            None => Err(Error::RetriesExhausted {
+                attempts: self.attempts,
+                elapsed: self.started.elapsed(),
+                last: Box::new(last),
+            }),
+        }
+    }
+
+    /// Progress since the last failure: the schedule and the count start again (the time
+    /// keeps running).
+    pub(crate) fn renew(&mut self) {
+        self.schedule = self.policy.backoff().build();
+        self.attempts = 1;
+    }
+}
+
 /// Whether an HTTP answer is worth retrying.
 ///
 /// `has_other_body`: the answer had a non-empty body that is not an `OperationOutcome`.
@@ -171,7 +222,6 @@ pub(crate) fn is_transient_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backon::BackoffBuilder;
 
     fn oo(code: &str) -> OperationOutcome {
         OperationOutcome::parse(
@@ -249,5 +299,40 @@ mod tests {
         assert_eq!(policy.adjust(Some(s(2)), Some(s(7200))), Some(s(60)));
         assert_eq!(policy.adjust(Some(s(40)), Some(s(1))), Some(s(40)));
         assert_eq!(policy.adjust(None, Some(s(1))), None);
+    }
+
+    #[test]
+    fn budget_counts_attempts_and_ends_with_the_last_error() {
+        let policy = RetryPolicy::default()
+            .with_jitter(false)
+            .with_max_retries(2)
+            .with_min_delay(Duration::from_secs(1));
+        let last = || Error::InvalidConfig {
+            setting: "x",
+            message: "last".into(),
+        };
+        let mut budget = RetryBudget::new(&policy);
+        assert_eq!(
+            budget.next_wait(None, last()).unwrap(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            budget
+                .next_wait(Some(Duration::from_secs(9)), last())
+                .unwrap(),
+            Duration::from_secs(9)
+        );
+        match budget.next_wait(None, last()) {
+            Err(Error::RetriesExhausted { attempts, last, .. }) => {
+                assert_eq!(attempts, 3);
+                assert!(last.to_string().contains("last"));
+            }
+            other => panic!("{other:?}"),
+        }
+        budget.renew();
+        assert_eq!(
+            budget.next_wait(None, last()).unwrap(),
+            Duration::from_secs(1)
+        );
     }
 }

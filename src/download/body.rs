@@ -14,8 +14,8 @@ use super::expiry::is_expired;
 use crate::client::Inner;
 use crate::error::{Error, Result, TransportErrorKind};
 use crate::http::{Call, TokenUse, header_str, transport_error};
+use crate::retry::RetryBudget;
 use crate::secret::redact_url;
-use backon::BackoffBuilder;
 use bytes::Bytes;
 use futures::Stream;
 use reqwest::Method;
@@ -100,11 +100,8 @@ pub(crate) fn body_stream(
         let mut ranges = false;
         // Whether decoded data went out since the last (re)start.
         let mut emitted = false;
-        let mut schedule = inner.retry.backoff().build();
-        let mut attempts = 0usize;
-        let started = tokio::time::Instant::now();
+        let mut budget = RetryBudget::new(&inner.retry);
         loop {
-            attempts += 1;
             let mut progressed = false;
             let resume = received > 0 && ranges && decoder.is_some();
             let mut call = Call::new(CONTEXT, Method::GET, url.clone())
@@ -237,18 +234,12 @@ pub(crate) fn body_stream(
                 return;
             }
             if progressed {
-                // Progress since the last failure: the retry budget starts again.
-                schedule = inner.retry.backoff().build();
-                attempts = 1;
+                budget.renew();
             }
-            match inner.retry.adjust(schedule.next(), failure.retry_after) {
-                Some(wait) => (inner.sleep)(wait).await,
-                None => {
-                    yield Err(Error::RetriesExhausted {
-                        attempts,
-                        elapsed: started.elapsed(),
-                        last: Box::new(failure.error),
-                    });
+            match budget.next_wait(failure.retry_after, failure.error) {
+                Ok(wait) => (inner.sleep)(wait).await,
+                Err(exhausted) => {
+                    yield Err(exhausted);
                     return;
                 }
             }
