@@ -543,3 +543,58 @@ fn fhir_url(url: &str) -> String {
         None => url.to_owned(),
     }
 }
+
+/// Files download concurrently: while the first file's body stalls, the others deliver. With
+/// concurrency 1 the files come one after another, in manifest order.
+#[tokio::test]
+async fn files_download_concurrently() {
+    let server = server(
+        TestServer::builder()
+            .patients(10)
+            .resource_types(["Patient"])
+            .max_resources_per_file(2),
+    )
+    .await;
+    let client = client(&server, &Sleeps::default());
+    let export = export(&client, ExportRequest::system()).await;
+    let files: Vec<String> = export
+        .files(FileKind::Output)
+        .into_iter()
+        .map(|f| f.file.url)
+        .collect();
+    assert_eq!(files.len(), 5);
+    let stalled = Fault::stall(Duration::from_secs(2)).on_file_index(0);
+
+    server.add_fault(stalled.clone());
+    let order: Vec<String> = client
+        .download_resources::<Resource>(&export, &DownloadOptions::default())
+        .map_ok(|r| r.file.url.clone())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(order.len(), 10);
+    assert_ne!(
+        order[0], files[0],
+        "the stalled first file did not hold the others up"
+    );
+    let at_once = server
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/files/"))
+        .take(4)
+        .map(|r| r.path.clone())
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    assert_eq!(at_once, 4, "four different files requested first");
+
+    server.clear_requests();
+    server.add_fault(stalled);
+    let order: Vec<String> = client
+        .download_resources::<Resource>(&export, &DownloadOptions::default().with_concurrency(1))
+        .map_ok(|r| r.file.url.clone())
+        .try_collect()
+        .await
+        .unwrap();
+    let expected: Vec<String> = files.iter().flat_map(|f| [f.clone(), f.clone()]).collect();
+    assert_eq!(order, expected, "one file at a time, in manifest order");
+}
