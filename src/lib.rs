@@ -88,7 +88,7 @@ pub use request::{
     KickoffMethod, ListEncoding, ParamValue, ValidationProfile,
 };
 pub use retry::RetryPolicy;
-pub use secret::{AccessToken, SecretString};
+pub use secret::{AccessToken, SecretString, redact_url_str};
 pub use status::{Progress, parse_progress_percent};
 pub use validate::MAX_PATIENTS;
 #[cfg(feature = "testing")]

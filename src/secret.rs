@@ -98,11 +98,20 @@ pub(crate) fn redact_url(url: &Url) -> String {
     text
 }
 
-/// [`redact_url`] for text that may not parse as a URL.
-pub(crate) fn redact_url_str(url: &str) -> String {
+/// A URL as it may be shown or logged: without user info, query string or fragment, which can
+/// hold credentials (a pre-signed file URL carries its signature in the query); a removed
+/// query shows as `?[redacted]`. Text that does not parse as a URL is cut at `?` or `#`.
+///
+/// ```
+/// assert_eq!(
+///     fhir_bulk::redact_url_str("https://b.s3.example/f.ndjson?X-Amz-Signature=abc"),
+///     "https://b.s3.example/f.ndjson?[redacted]"
+/// );
+/// ```
+pub fn redact_url_str(url: &str) -> String {
     match Url::parse(url) {
         Ok(parsed) => redact_url(&parsed),
-        Err(_) => match url.split_once('?') {
+        Err(_) => match url.split_once(['?', '#']) {
             Some((head, _)) => format!("{head}?[redacted]"),
             None => url.to_owned(),
         },
@@ -140,5 +149,7 @@ mod tests {
         let user = Url::parse("https://user:pw@host.example/a").unwrap();
         assert_eq!(redact_url(&user), "https://host.example/a");
         assert_eq!(redact_url_str("not a url?sig=1"), "not a url?[redacted]");
+        assert_eq!(redact_url_str("files/1#sig"), "files/1?[redacted]");
+        assert_eq!(redact_url_str("files/1"), "files/1");
     }
 }

@@ -7,7 +7,6 @@
 //! `download_complete`, `download_error`, `export_complete`. URLs are logged without their
 //! query strings (pre-signed URLs carry credentials there) and tokens never appear.
 
-use crate::redact;
 use fhir_bulk::{CompletedExport, Error, ExportFile, FileKind};
 use serde_json::{Value, json};
 use std::fs::{File, OpenOptions};
@@ -113,7 +112,7 @@ pub(crate) fn download_request(log: &EventLog, file: &ExportFile) {
     log.event(
         "download_request",
         json!({
-            "fileUrl": redact::url(&file.file.url),
+            "fileUrl": fhir_bulk::redact_url_str(&file.file.url),
             "itemType": item_type(file.kind),
             "resourceType": file.file.resource_type,
         }),

@@ -17,7 +17,7 @@
 //! (`log.ndjson`), [`manifest`] (`manifest.json`), [`outcomes`] (error-file severities),
 //! [`progress`] (bars or plain lines), [`summary`] (the final table), [`status`] (`status`
 //! and `cancel`), [`download`] (`download`), [`demo`] (`demo`), [`signal`], [`time`],
-//! [`redact`], [`out`] and [`error`] (exit codes).
+//! [`out`] and [`error`] (exit codes).
 
 mod args;
 mod auth;
@@ -31,7 +31,6 @@ mod manifest;
 mod out;
 mod outcomes;
 mod progress;
-mod redact;
 mod request;
 mod signal;
 mod state;

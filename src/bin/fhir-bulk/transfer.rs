@@ -10,7 +10,6 @@ use crate::error::CliError;
 use crate::log::{self, EventLog};
 use crate::outcomes::{self, IssueCounts};
 use crate::progress::Reporter;
-use crate::redact;
 use crate::state::{self, FileRecord, StateFile};
 use fhir_bulk::download::{SaveOptions, file_names};
 use fhir_bulk::{BulkClient, CompletedExport, DownloadOptions, Error, FileKind};
@@ -77,7 +76,7 @@ pub(crate) async fn download(
         names.iter().map(|(_, rel)| state::key(rel)).collect();
     state.state.files.retain(|key, _| listed.contains(key));
     for (file, relative) in names {
-        let url = redact::url(&file.file.url);
+        let url = fhir_bulk::redact_url_str(&file.file.url);
         if already_complete(dir, &relative, &url, state) {
             report.skipped += 1;
             reporter.detail(&format!("{} is already complete", relative.display()));
@@ -114,7 +113,7 @@ pub(crate) async fn download(
     }))
     .buffer_unordered(concurrency);
     while let Some((file, relative, name, progress, result)) = results.next().await {
-        let url = redact::url(&file.file.url);
+        let url = fhir_bulk::redact_url_str(&file.file.url);
         match result {
             Ok(saved) => {
                 log.event(
