@@ -13,7 +13,7 @@
 
 use std::any::{Any, TypeId};
 use std::borrow::Cow;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime};
 
 use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -213,8 +213,9 @@ impl From<SystemTime> for Timestamp {
     }
 }
 
-impl fmt::Display for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Timestamp {
+    /// `YYYY-MM-DDTHH:MM:SS` in UTC.
+    fn write_date_time(&self, f: &mut impl fmt::Write) -> fmt::Result {
         let days = self.secs.div_euclid(SECS_PER_DAY);
         let secs_of_day = self.secs.rem_euclid(SECS_PER_DAY);
         let (year, month, day) = civil_from_days(days);
@@ -224,7 +225,29 @@ impl fmt::Display for Timestamp {
             secs_of_day / 3600,
             secs_of_day / 60 % 60,
             secs_of_day % 60
-        )?;
+        )
+    }
+
+    /// RFC 3339 in UTC with exactly three fractional digits (truncated), as JavaScript's
+    /// `Date.toISOString` prints: `2024-03-01T17:35:02.123Z`.
+    ///
+    /// ```
+    /// use fhir_bulk::resource::Timestamp;
+    /// let t = Timestamp::parse("2024-03-01T18:35:02.1234+01:00").unwrap();
+    /// assert_eq!(t.to_millis_string(), "2024-03-01T17:35:02.123Z");
+    /// assert_eq!(Timestamp::UNIX_EPOCH.to_millis_string(), "1970-01-01T00:00:00.000Z");
+    /// ```
+    pub fn to_millis_string(&self) -> String {
+        let mut text = String::with_capacity(24);
+        let _ = self.write_date_time(&mut text);
+        let _ = write!(text, ".{:03}Z", self.nanos / 1_000_000);
+        text
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_date_time(f)?;
         let nanos = self.nanos;
         if nanos == 0 {
         } else if nanos.is_multiple_of(1_000_000) {

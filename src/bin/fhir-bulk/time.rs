@@ -1,4 +1,4 @@
-//! Timestamps for log lines and plain output (RFC 3339, UTC), without a date crate.
+//! Timestamps for log lines and plain output (RFC 3339, UTC), and durations for people.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,31 +9,8 @@ pub(crate) fn now() -> String {
 
 /// `time` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (times before 1970 print as the epoch).
 pub(crate) fn format_utc(time: SystemTime) -> String {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60,
-        since.subsec_millis()
-    )
-}
-
-/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+    let time = time.max(UNIX_EPOCH);
+    fhir_bulk::resource::Timestamp::from(time).to_millis_string()
 }
 
 /// Seconds as a `Retry-After`-like string: `30`, or `0.4` for fractions (to the millisecond).
