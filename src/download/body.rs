@@ -25,8 +25,6 @@ use std::time::{Duration, SystemTime};
 use url::Url;
 
 const CONTEXT: &str = "downloading a file";
-/// Compressed bytes fed to the decoder at once.
-const DECODE_SLICE: usize = 8 * 1024;
 
 /// What to download.
 #[derive(Debug, Clone)]
@@ -188,9 +186,9 @@ pub(crate) fn body_stream(
                             }
                         };
                         progressed = true;
-                        // Small slices bound what one slice of gzip can expand to.
+                        let slice = d.input_slice();
                         while !rest.is_empty() {
-                            let piece = rest.split_to(rest.len().min(DECODE_SLICE));
+                            let piece = rest.split_to(rest.len().min(slice));
                             received += piece.len() as u64;
                             match d.push(piece) {
                                 Ok(data) => {

@@ -31,6 +31,15 @@ impl BodyDecoder {
         }
     }
 
+    /// The most input to decode at once: gzip output can be a thousand times its input, so it
+    /// is fed in small slices to bound what one slice produces; identity output is its input.
+    pub(crate) fn input_slice(&self) -> usize {
+        match self {
+            BodyDecoder::Identity => usize::MAX,
+            BodyDecoder::Gzip(_) => 8 * 1024,
+        }
+    }
+
     /// Decodes one chunk; returns what it produced (possibly nothing yet).
     pub(crate) fn push(&mut self, chunk: bytes::Bytes) -> Result<bytes::Bytes, DecodeError> {
         match self {
