@@ -1,5 +1,5 @@
-//! Stream an export's Observations into a narrow struct of your own: the fastest way to feed
-//! an analytics pipeline, since serde skips every field the struct does not name.
+//! Stream an export's Observations into a narrow struct of your own: typed fields in one parse
+//! (serde skips every field the struct does not name), for an analytics pipeline.
 //!
 //! Runs against the crate's in-process bulk data server, no network needed:
 //! `cargo run --example own_struct --features testing`.
