@@ -1,0 +1,151 @@
+//! Download throughput from the in-process server on loopback: the socket ceiling (bytes read
+//! and dropped), raw lines, the default `Resource`, a small user struct, `serde_json::Value`.
+//!
+//! `cargo bench -p fhir-bulk --bench throughput`
+
+mod common;
+
+use common::TOKEN;
+use divan::Bencher;
+use divan::counter::{BytesCount, ItemsCount};
+use fhir_bulk::resource::Resource;
+use fhir_bulk::{BulkClient, DownloadOptions, ExportFile};
+use fhir_bulk_test_server::TestServer;
+use futures::TryStreamExt;
+use serde::de::DeserializeOwned;
+use std::sync::OnceLock;
+
+/// 256 MiB per iteration.
+const FILE_BYTES: u64 = 256 << 20;
+
+struct Setup {
+    runtime: tokio::runtime::Runtime,
+    _server: TestServer,
+    client: BulkClient,
+    file: ExportFile,
+    bytes: u64,
+    lines: u64,
+}
+
+fn setup() -> &'static Setup {
+    static SETUP: OnceLock<Setup> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (server, client, file) = runtime.block_on(common::one_file(FILE_BYTES));
+        let (bytes, lines) = runtime.block_on(socket_ceiling(&file));
+        Setup {
+            runtime,
+            _server: server,
+            client,
+            file,
+            bytes,
+            lines,
+        }
+    })
+}
+
+fn bench_typed<T: DeserializeOwned + Send + 'static>(bencher: Bencher) {
+    let s = setup();
+    bencher
+        .counter(BytesCount::new(s.bytes))
+        .counter(ItemsCount::new(s.lines))
+        .bench(|| {
+            s.runtime.block_on(async {
+                let n = s
+                    .client
+                    .download_file::<T>(&s.file, &DownloadOptions::default())
+                    .try_fold(0u64, |n, _| async move { Ok(n + 1) })
+                    .await
+                    .expect("download");
+                assert_eq!(n, s.lines);
+            })
+        });
+}
+
+/// The same bytes read from the socket and dropped.
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn ceiling_socket(bencher: Bencher) {
+    let s = setup();
+    bencher
+        .counter(BytesCount::new(s.bytes))
+        .counter(ItemsCount::new(s.lines))
+        .bench(|| s.runtime.block_on(socket_ceiling(&s.file)));
+}
+
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn raw_lines(bencher: Bencher) {
+    let s = setup();
+    bencher
+        .counter(BytesCount::new(s.bytes))
+        .counter(ItemsCount::new(s.lines))
+        .bench(|| {
+            s.runtime.block_on(async {
+                let n = s
+                    .client
+                    .download_lines(&s.file, &DownloadOptions::default())
+                    .try_fold(0u64, |n, _| async move { Ok(n + 1) })
+                    .await
+                    .expect("download");
+                assert_eq!(n, s.lines);
+            })
+        });
+}
+
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn default_resource(bencher: Bencher) {
+    bench_typed::<Resource>(bencher);
+}
+
+/// A narrow analytics struct: the fields a pipeline keeps.
+#[derive(serde::Deserialize)]
+#[allow(dead_code)]
+struct Narrow {
+    id: String,
+    status: Option<String>,
+    subject: Option<Reference>,
+    #[serde(rename = "effectiveDateTime")]
+    effective: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[allow(dead_code)]
+struct Reference {
+    reference: String,
+}
+
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn user_struct(bencher: Bencher) {
+    bench_typed::<Narrow>(bencher);
+}
+
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn serde_json_value(bencher: Bencher) {
+    bench_typed::<serde_json::Value>(bencher);
+}
+
+/// Reads the file straight off the socket and drops the bytes: the ceiling.
+async fn socket_ceiling(file: &ExportFile) -> (u64, u64) {
+    let http = reqwest::Client::builder()
+        .no_gzip()
+        .build()
+        .expect("reqwest");
+    let mut response = http
+        .get(&file.file.url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("send");
+    let (mut bytes, mut lines) = (0u64, 0u64);
+    while let Some(chunk) = response.chunk().await.expect("chunk") {
+        bytes += chunk.len() as u64;
+        lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+    }
+    (bytes, lines)
+}
+
+fn main() {
+    divan::main();
+}
