@@ -96,6 +96,8 @@ mod files;
 mod jobs;
 mod server;
 
+pub mod raw;
+
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
