@@ -3,8 +3,8 @@
 
 use crate::client::BulkClient;
 use crate::error::{Error, Result};
-use crate::http::Call;
 use crate::secret::redact_url;
+use crate::transport::Call;
 use reqwest::Method;
 use reqwest::header::ACCEPT;
 use serde_json::Value;
@@ -75,6 +75,7 @@ impl BulkClient {
                 message: format!("cannot build the metadata URL: {e}"),
             })?;
         let call = Call::new("the CapabilityStatement request", Method::GET, url)
+            .what("capability statement")
             .header(ACCEPT, "application/fhir+json");
         let answer = inner.request(&call).await?;
         if answer.status != 200 {

@@ -1,5 +1,5 @@
-//! [`BulkClient`] and its builder: the FHIR base, the HTTP client, authorization and the
-//! poll and retry policies.
+//! [`BulkClient`] and its builder: the FHIR base, the HTTP settings ([`HttpOptions`]),
+//! authorization and the poll and retry policies.
 
 use crate::auth::{AuthContext, AuthProvider, StaticToken};
 use crate::error::{Error, Result};
@@ -7,11 +7,14 @@ use crate::manifest::CompletedExport;
 use crate::poll::{ClockFn, PollPolicy, SleepFn, system_clock, tokio_sleep};
 use crate::request::ExportRequest;
 use crate::retry::RetryPolicy;
+use crate::secret::{AccessToken, SecretString};
+use crate::transport::origin::{Insecure, check_secure};
+use crate::transport::retry::{RandomFn, fastrand_source};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::fmt;
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument;
 use url::{Origin, Url};
 
 /// The default `User-Agent`.
@@ -50,14 +53,17 @@ pub(crate) struct Inner {
     pub(crate) retry: RetryPolicy,
     pub(crate) sleep: SleepFn,
     pub(crate) clock: ClockFn,
+    pub(crate) random: RandomFn,
+    /// The access tokens sent lately, scrubbed from whatever the server sends back.
+    pub(crate) sent_tokens: Mutex<Vec<AccessToken>>,
 }
 
 impl Inner {
     pub(crate) fn auth_context(&self) -> AuthContext<'_> {
         AuthContext {
-            http: &self.http,
             fhir_base: &self.base,
             allow_insecure_http: self.allow_insecure_http,
+            inner: self,
         }
     }
 }
@@ -109,7 +115,216 @@ impl BulkClient {
 
     /// Kicks off `request` and waits for it to complete.
     pub async fn export(&self, request: &ExportRequest) -> Result<CompletedExport> {
-        self.kick_off(request).await?.wait().await
+        let span = tracing::info_span!("export", base = %self.inner.base.as_str());
+        async { self.kick_off(request).await?.wait().await }
+            .instrument(span)
+            .await
+    }
+}
+
+/// HTTP settings applied to every HTTP client the crate builds (it builds its own, with
+/// redirects off: the crate follows redirects itself and checks every hop).
+///
+/// ```
+/// use fhir_bulk::{BulkClient, HttpOptions};
+/// use std::time::Duration;
+/// let options = HttpOptions::default()
+///     .with_proxy("http://proxy.internal:3128")
+///     .with_connect_timeout(Some(Duration::from_secs(10)))
+///     .with_user_agent("my-pipeline/1.0");
+/// let client = BulkClient::builder("https://ehr.example/fhir").http_options(options).build()?;
+/// # Ok::<(), fhir_bulk::Error>(())
+/// ```
+#[must_use]
+#[derive(Clone)]
+pub struct HttpOptions {
+    proxy: Option<SecretString>,
+    root_certificates: Vec<Vec<u8>>,
+    identity: Option<(Vec<u8>, SecretString)>,
+    connect_timeout: Option<Duration>,
+    read_timeout: Option<Duration>,
+    user_agent: String,
+    pool_max_idle_per_host: Option<usize>,
+    pool_idle_timeout: Option<Duration>,
+}
+
+impl Default for HttpOptions {
+    /// No proxy besides the environment's (`HTTPS_PROXY`, ...), the system's root
+    /// certificates, no client identity, 30 s connect and 120 s read timeouts, the user agent
+    /// [`DEFAULT_USER_AGENT`], the HTTP stack's pool defaults.
+    fn default() -> Self {
+        HttpOptions {
+            proxy: None,
+            root_certificates: Vec::new(),
+            identity: None,
+            connect_timeout: Some(Duration::from_secs(30)),
+            read_timeout: Some(Duration::from_secs(120)),
+            user_agent: DEFAULT_USER_AGENT.to_owned(),
+            pool_max_idle_per_host: None,
+            pool_idle_timeout: None,
+        }
+    }
+}
+
+impl fmt::Debug for HttpOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpOptions")
+            .field(
+                "proxy",
+                &self
+                    .proxy
+                    .as_ref()
+                    .map(|p| crate::secret::redact_url_str(p.expose_secret())),
+            )
+            .field("root_certificates", &self.root_certificates.len())
+            .field("identity", &self.identity.as_ref().map(|_| "[redacted]"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .field("user_agent", &self.user_agent)
+            .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
+            .finish()
+    }
+}
+
+impl HttpOptions {
+    /// Sends every request through this proxy (`http://`, `https://` or `socks5://` URL;
+    /// user and password in the URL authenticate with the proxy, and are never printed).
+    pub fn with_proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy = Some(SecretString::new(url.into()));
+        self
+    }
+
+    /// Trusts this root certificate (PEM, one or more `BEGIN CERTIFICATE` blocks) besides the
+    /// system's, e.g. a company CA in front of the FHIR server.
+    pub fn with_root_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificates.push(pem.into());
+        self
+    }
+
+    /// Presents this client certificate (mutual TLS): the certificate chain and its private
+    /// key, both PEM.
+    pub fn with_identity_pem(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        private_key_pem: impl Into<SecretString>,
+    ) -> Self {
+        self.identity = Some((certificate_pem.into(), private_key_pem.into()));
+        self
+    }
+
+    /// The TCP/TLS connect timeout (default 30 s; `None`: the operating system's).
+    pub fn with_connect_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The longest wait for any read from the server (default 120 s; `None`: no limit).
+    pub fn with_read_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    /// The `User-Agent` header (default [`DEFAULT_USER_AGENT`]).
+    pub fn with_user_agent(mut self, user_agent: impl Into<String>) -> Self {
+        self.user_agent = user_agent.into();
+        self
+    }
+
+    /// The most idle connections kept per host (default: the HTTP stack's; 0 keeps none).
+    pub fn with_pool_max_idle_per_host(mut self, n: usize) -> Self {
+        self.pool_max_idle_per_host = Some(n);
+        self
+    }
+
+    /// How long an idle connection is kept (default: the HTTP stack's, 90 s).
+    pub fn with_pool_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.pool_idle_timeout = timeout;
+        self
+    }
+
+    /// One HTTP client with these settings; `gzip`: whether it decompresses by itself.
+    pub(crate) fn build_client(&self, gzip: bool) -> Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .gzip(gzip);
+        if let Some(t) = self.connect_timeout {
+            builder = builder.connect_timeout(t);
+        }
+        if let Some(t) = self.read_timeout {
+            builder = builder.read_timeout(t);
+        }
+        if let Some(n) = self.pool_max_idle_per_host {
+            builder = builder.pool_max_idle_per_host(n);
+        }
+        builder = builder.pool_idle_timeout(self.pool_idle_timeout);
+        if let Some(proxy) = &self.proxy {
+            let text = proxy.expose_secret();
+            let shown = crate::secret::redact_url_str(text);
+            let parsed = Url::parse(text.trim()).map_err(|e| {
+                invalid(
+                    "http_options.proxy",
+                    format!("`{shown}` is not an absolute URL ({e}); give e.g. http://proxy:3128"),
+                )
+            })?;
+            let proxy = reqwest::Proxy::all(parsed.as_str()).map_err(|_| {
+                invalid(
+                    "http_options.proxy",
+                    format!("`{shown}` is not a proxy URL this client can use"),
+                )
+            })?;
+            builder = builder.proxy(proxy);
+        }
+        for (n, pem) in self.root_certificates.iter().enumerate() {
+            let text = String::from_utf8_lossy(pem);
+            let certs = if text.contains("-----BEGIN CERTIFICATE-----") {
+                reqwest::Certificate::from_pem_bundle(pem).ok()
+            } else {
+                None
+            };
+            let certs = certs.filter(|c| !c.is_empty()).ok_or_else(|| {
+                invalid(
+                    "http_options.root_certificate",
+                    format!(
+                        "root certificate {} is not PEM with a `BEGIN CERTIFICATE` block",
+                        n + 1
+                    ),
+                )
+            })?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        if let Some((cert, key)) = &self.identity {
+            let cert_text = String::from_utf8_lossy(cert);
+            let key_text = key.expose_secret();
+            if !cert_text.contains("-----BEGIN CERTIFICATE-----")
+                || !key_text.contains("PRIVATE KEY-----")
+            {
+                return Err(invalid(
+                    "http_options.identity",
+                    "the client identity needs a PEM certificate (`BEGIN CERTIFICATE`) and a \
+                     PEM private key (`BEGIN PRIVATE KEY`)",
+                ));
+            }
+            let mut pem = cert.clone();
+            pem.push(b'\n');
+            pem.extend_from_slice(key_text.as_bytes());
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|_| {
+                invalid(
+                    "http_options.identity",
+                    "the client certificate or its private key cannot be read (PEM expected)",
+                )
+            })?;
+            builder = builder.identity(identity);
+        }
+        builder.build().map_err(|e| {
+            invalid(
+                "http_options",
+                format!(
+                    "cannot build the HTTP client: {}",
+                    crate::transport::scrub::scrub(&e.to_string(), [])
+                ),
+            )
+        })
     }
 }
 
@@ -118,19 +333,16 @@ impl BulkClient {
 #[must_use]
 pub struct BulkClientBuilder {
     base_url: String,
-    http: Option<reqwest::Client>,
-    download_http: Option<reqwest::Client>,
-    user_agent: String,
+    http_options: HttpOptions,
     headers: Vec<(String, String)>,
     auth: Option<Arc<dyn AuthProvider>>,
     trusted_origins: Vec<String>,
     allow_insecure_http: bool,
-    connect_timeout: Duration,
-    read_timeout: Duration,
     poll: PollPolicy,
     retry: RetryPolicy,
     sleep: Option<SleepFn>,
     clock: Option<ClockFn>,
+    random: Option<RandomFn>,
 }
 
 impl fmt::Debug for BulkClientBuilder {
@@ -158,16 +370,6 @@ fn invalid(setting: &'static str, message: impl Into<String>) -> Error {
     }
 }
 
-/// Whether `url`'s host is this machine.
-pub(crate) fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
-    }
-}
-
 /// Checks a URL setting: absolute http(s), and https unless loopback or allowed.
 pub(crate) fn check_http_url(
     setting: &'static str,
@@ -180,75 +382,53 @@ pub(crate) fn check_http_url(
             format!("`{text}` is not an absolute URL ({e}); give e.g. https://ehr.example/fhir"),
         )
     })?;
-    match url.scheme() {
-        "https" => {}
-        "http" if allow_insecure_http || is_loopback(&url) => {}
-        "http" => {
-            return Err(invalid(
-                setting,
-                format!(
-                    "`{}` uses plain http to a host that is not this machine: tokens and health \
-                     data would cross the network unencrypted. Use https, or call \
-                     `allow_insecure_http(true)` if you really mean it",
-                    crate::secret::redact_url(&url)
-                ),
-            ));
-        }
-        other => {
-            return Err(invalid(
-                setting,
-                format!("the `{other}:` scheme is not http or https"),
-            ));
-        }
+    match check_secure(&url, allow_insecure_http) {
+        Ok(()) => Ok(url),
+        Err(Insecure::PlainHttp) => Err(invalid(
+            setting,
+            format!(
+                "`{}` uses plain http to a host that is not this machine: tokens and health \
+                 data would cross the network unencrypted. Use https, or call \
+                 `allow_insecure_http(true)` if you really mean it",
+                crate::secret::redact_url(&url)
+            ),
+        )),
+        Err(Insecure::Scheme) => Err(invalid(
+            setting,
+            format!("the `{}:` scheme is not http or https", url.scheme()),
+        )),
+        Err(Insecure::NoHost) => Err(invalid(setting, "the URL has no host")),
     }
-    if url.host().is_none() {
-        return Err(invalid(setting, "the URL has no host"));
-    }
-    Ok(url)
 }
 
 impl BulkClientBuilder {
     fn new(base_url: String) -> Self {
         BulkClientBuilder {
             base_url,
-            http: None,
-            download_http: None,
-            user_agent: DEFAULT_USER_AGENT.to_owned(),
+            http_options: HttpOptions::default(),
             headers: Vec::new(),
             auth: None,
             trusted_origins: Vec::new(),
             allow_insecure_http: false,
-            connect_timeout: Duration::from_secs(30),
-            read_timeout: Duration::from_secs(120),
             poll: PollPolicy::default(),
             retry: RetryPolicy::default(),
             sleep: None,
             clock: None,
+            random: None,
         }
     }
 
-    /// Uses this `reqwest::Client` instead of building one. Its own timeouts, TLS and
-    /// redirect settings then apply ([`BulkClientBuilder::connect_timeout`] and
-    /// [`BulkClientBuilder::read_timeout`] do not); the client follows redirects itself only
-    /// if yours does not, and reqwest drops `Authorization` on cross-host redirects either way.
-    pub fn http_client(mut self, client: reqwest::Client) -> Self {
-        self.http = Some(client);
+    /// The HTTP settings (proxy, root certificates, client identity, timeouts, user agent,
+    /// connection pool) applied to every HTTP client the crate builds. Replaces any set before.
+    pub fn http_options(mut self, options: HttpOptions) -> Self {
+        self.http_options = options;
         self
     }
 
-    /// Uses this `reqwest::Client` for file downloads. Build it with `.no_gzip()` and
-    /// `redirect(Policy::none())`: the client decodes gzip itself, so that an interrupted
-    /// download can resume with `Range` at the server's byte offset. By default downloads use
-    /// a client the crate builds with the same timeouts (not the one given to
-    /// [`BulkClientBuilder::http_client`], which may decompress on its own).
-    pub fn download_http_client(mut self, client: reqwest::Client) -> Self {
-        self.download_http = Some(client);
-        self
-    }
-
-    /// The `User-Agent` header (default `fhir-bulk/<version>`).
+    /// The `User-Agent` header (default `fhir-bulk/<version>`); see
+    /// [`HttpOptions::with_user_agent`].
     pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
-        self.user_agent = user_agent.into();
+        self.http_options.user_agent = user_agent.into();
         self
     }
 
@@ -289,16 +469,17 @@ impl BulkClientBuilder {
         self
     }
 
-    /// The TCP/TLS connect timeout (default 30 s).
+    /// The TCP/TLS connect timeout (default 30 s); see [`HttpOptions::with_connect_timeout`].
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.http_options.connect_timeout = Some(timeout);
         self
     }
 
     /// The longest wait for any read from the server (default 120 s), so a stalled server
-    /// cannot hang a call. There is no overall timeout: downloads may take hours.
+    /// cannot hang a call. There is no overall timeout: downloads may take hours. See
+    /// [`HttpOptions::with_read_timeout`].
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
-        self.read_timeout = timeout;
+        self.http_options.read_timeout = Some(timeout);
         self
     }
 
@@ -323,6 +504,13 @@ impl BulkClientBuilder {
     /// Replaces the wall clock used for `Retry-After` dates and `Expires`.
     pub fn clock(mut self, clock: ClockFn) -> Self {
         self.clock = Some(clock);
+        self
+    }
+
+    /// Replaces the random source (values in `[0, 1)`) of the retry jitter and the poll
+    /// schedule, for tests and simulations.
+    pub fn random_fn(mut self, random: RandomFn) -> Self {
+        self.random = Some(random);
         self
     }
 
@@ -365,7 +553,7 @@ impl BulkClientBuilder {
             value.set_sensitive(true);
             extra_headers.append(header, value);
         }
-        let user_agent = HeaderValue::from_str(&self.user_agent).map_err(|_| {
+        let user_agent = HeaderValue::from_str(&self.http_options.user_agent).map_err(|_| {
             invalid(
                 "user_agent",
                 "the user agent holds characters a header cannot carry",
@@ -374,23 +562,8 @@ impl BulkClientBuilder {
         if self.poll.max_interval.is_zero() {
             return Err(invalid("poll_policy", "max_interval must be above zero"));
         }
-        let build = |gzip: bool| {
-            reqwest::Client::builder()
-                .connect_timeout(self.connect_timeout)
-                .read_timeout(self.read_timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .gzip(gzip)
-                .build()
-                .map_err(|e| invalid("http_client", format!("cannot build the HTTP client: {e}")))
-        };
-        let download_http = match self.download_http {
-            Some(http) => http,
-            None => build(false)?,
-        };
-        let http = match self.http {
-            Some(http) => http,
-            None => build(true)?,
-        };
+        let http = self.http_options.build_client(true)?;
+        let download_http = self.http_options.build_client(false)?;
         Ok(BulkClient {
             inner: Arc::new(Inner {
                 http,
@@ -405,6 +578,8 @@ impl BulkClientBuilder {
                 retry: self.retry,
                 sleep: self.sleep.unwrap_or_else(tokio_sleep),
                 clock: self.clock.unwrap_or_else(system_clock),
+                random: self.random.unwrap_or_else(fastrand_source),
+                sent_tokens: Mutex::new(Vec::new()),
             }),
         })
     }

@@ -84,8 +84,11 @@ pub enum Error {
         kind: TransportErrorKind,
         /// The URL, without its query string (which may hold a pre-signed credential).
         url: String,
-        /// The underlying error's message chain.
+        /// The underlying error's message chain (query strings and secrets removed).
         message: String,
+        /// The underlying error (the HTTP stack's or the decoder's), when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
     /// Authorization failed: no token could be obtained, or the server rejected it.
@@ -197,8 +200,11 @@ pub enum TransportErrorKind {
     Timeout,
     /// The body broke off, or could not be decoded (gzip), after the headers arrived.
     Body,
-    /// Too many redirects, or a redirect to an unusable location.
+    /// Too many redirects, or a redirect to an unusable or untrusted location.
     Redirect,
+    /// The answer was larger than such an answer may be (a 10 MB token answer, an oversized
+    /// manifest). Not retried: the same request brings the same answer.
+    TooLarge,
     /// Anything else the HTTP stack reported.
     Other,
 }
@@ -210,6 +216,7 @@ impl fmt::Display for TransportErrorKind {
             TransportErrorKind::Timeout => "timeout",
             TransportErrorKind::Body => "broken response body",
             TransportErrorKind::Redirect => "redirect failure",
+            TransportErrorKind::TooLarge => "oversized answer",
             TransportErrorKind::Other => "HTTP failure",
         })
     }
@@ -316,7 +323,11 @@ impl ErrorResponse {
     /// Whether the answer says the failure is transient: 408, 429, 5xx without a body, or an
     /// `OperationOutcome` with a transient issue code.
     pub fn is_transient(&self) -> bool {
-        crate::retry::is_transient_status(self.status, self.outcome.as_ref(), self.body.is_some())
+        crate::transport::retry::is_transient_answer(
+            self.status,
+            self.outcome.as_ref(),
+            self.body.is_some(),
+        )
     }
 }
 
@@ -364,7 +375,9 @@ impl Error {
     /// transient server answers, and [`Error::ExportInProgress`].
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Transport { kind, .. } => *kind != TransportErrorKind::Redirect,
+            Error::Transport { kind, .. } => {
+                crate::transport::retry::is_transient_transport(*kind, true)
+            }
             Error::ExportInProgress(_) | Error::RetriesExhausted { .. } => true,
             Error::UnexpectedResponse { response, .. } => response.is_transient(),
             Error::KickoffRejected(r) => r.is_transient(),

@@ -3,17 +3,30 @@
 
 use crate::client::BulkClient;
 use crate::error::{Error, RequestIds, Result};
-use crate::http::{Call, header_str};
 use crate::manifest::{CompletedExport, Manifest, PageCollector};
 use crate::outcome::OperationOutcome;
 use crate::request::ExportRequest;
-use crate::retry::RetryBudget;
 use crate::secret::redact_url;
 use crate::status::{Progress, StatusAnswer, StatusDecision, decide};
+use crate::transport::Call;
 use reqwest::Method;
 use reqwest::header::ACCEPT;
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use tracing::Instrument;
 use url::Url;
+
+/// The most manifest pages followed through `next` links from one manifest.
+pub(crate) const MAX_MANIFEST_PAGES: usize = 1_000;
+
+/// The file URLs a manifest page lists.
+fn files_of(page: &Manifest) -> impl Iterator<Item = String> + '_ {
+    page.output
+        .iter()
+        .chain(&page.error)
+        .chain(&page.deleted)
+        .map(|f| f.url.clone())
+}
 
 /// What identifies an export job on the server; save it to resume polling after a restart.
 ///
@@ -144,13 +157,16 @@ impl ExportJob {
 
     /// Polls the status URL once. Transient failures (429, 5xx without a FHIR body, transient
     /// issue codes, connection errors) are retried under the client's
-    /// [`RetryPolicy`](crate::RetryPolicy) within this call.
+    /// [`RetryPolicy`](crate::RetryPolicy) within this call: one budget for the transport's
+    /// failures and the status answers that ask for a retry together.
     pub async fn poll(&self) -> Result<PollStatus> {
         let inner = &self.client.inner;
-        let call = self.get("the status request", self.handle.status_url.clone());
-        let mut budget = RetryBudget::new(&inner.retry);
+        let call = self
+            .get("the status request", self.handle.status_url.clone())
+            .what("status poll");
+        let mut ctx = inner.retry_context();
         loop {
-            let answer = inner.request(&call).await?;
+            let answer = inner.request_in(&call, &mut ctx).await?;
             let url = redact_url(&answer.url);
             let facts = StatusAnswer {
                 http_status: answer.status,
@@ -175,12 +191,14 @@ impl ExportJob {
                     Err(inner.unexpected("the status request", &answer))
                 }
                 StatusDecision::Retry(report) => {
-                    let retry_after = report.retry_after;
+                    let server = inner.server_wait(&answer.headers);
                     let last = Error::UnexpectedResponse {
                         context: "the status request",
                         response: Box::new(report),
                     };
-                    (inner.sleep)(budget.next_wait(retry_after, last)?).await;
+                    inner
+                        .retry_wait(call.what, &call.url, &mut ctx, server, last)
+                        .await?;
                     continue;
                 }
             };
@@ -195,10 +213,12 @@ impl ExportJob {
 
     /// [`ExportJob::wait`], calling `on_progress` with every in-progress answer (to show
     /// `X-Progress`, or to start on the files of partial manifests early).
-    pub async fn wait_with(
-        &self,
-        mut on_progress: impl FnMut(&Progress),
-    ) -> Result<CompletedExport> {
+    pub async fn wait_with(&self, on_progress: impl FnMut(&Progress)) -> Result<CompletedExport> {
+        let span = tracing::info_span!("poll", status_url = %redact_url(&self.handle.status_url));
+        self.wait_inner(on_progress).instrument(span).await
+    }
+
+    async fn wait_inner(&self, mut on_progress: impl FnMut(&Progress)) -> Result<CompletedExport> {
         let inner = &self.client.inner;
         let policy = &inner.poll;
         let started = tokio::time::Instant::now();
@@ -215,7 +235,15 @@ impl ExportJob {
                     if let Some(partial) = progress.partial_manifest.clone() {
                         self.collect(&mut pages, *partial, false).await?;
                     }
-                    let mut wait = policy.delay(attempt, progress.retry_after, fastrand::f64());
+                    let mut wait = policy.delay(attempt, progress.retry_after, (inner.random)());
+                    if let Some(server) = progress.retry_after.filter(|d| !d.is_zero()) {
+                        tracing::info!(
+                            target: "fhir_bulk::retry_after",
+                            delay_ms = u64::try_from(server.as_millis()).unwrap_or(u64::MAX),
+                            source = "Retry-After",
+                            "server wait honoured"
+                        );
+                    }
                     attempt = attempt.saturating_add(1);
                     if let Some(deadline) = policy.deadline {
                         let left = deadline.saturating_sub(started.elapsed());
@@ -233,10 +261,13 @@ impl ExportJob {
         }
     }
 
-    /// Adds a manifest and every page behind its `next` links.
+    /// Adds a manifest and every page behind its `next` links: at most
+    /// [`MAX_MANIFEST_PAGES`] pages, each of which must bring a file not seen before.
     async fn collect(&self, pages: &mut PageCollector, first: Manifest, keep: bool) -> Result<()> {
         let inner = &self.client.inner;
+        let mut seen: HashSet<String> = files_of(&first).collect();
         let mut next = pages.add(first, keep);
+        let mut fetched = 0usize;
         while let Some(link) = next {
             let url = self
                 .handle
@@ -246,14 +277,22 @@ impl ExportJob {
                     url: redact_url(&self.handle.status_url),
                     message: format!("manifest `next` link is not a URL: {e}"),
                 })?;
-            let answer = inner
-                .request(&self.get("a manifest page request", url))
-                .await?;
+            fetched += 1;
+            if fetched > MAX_MANIFEST_PAGES {
+                return Err(Error::BadManifest {
+                    url: redact_url(&url),
+                    message: format!(
+                        "the manifest `next` links go on past {MAX_MANIFEST_PAGES} pages; \
+                         stopped (a server paging without end)"
+                    ),
+                });
+            }
+            let call = self.get("a manifest page request", url).what("manifest");
+            let answer = inner.request(&call).await?;
             let page = match answer.status {
                 200 => {
                     let mut page = Manifest::from_slice(&answer.body, &redact_url(&answer.url))?;
-                    page.expires = header_str(&answer.headers, "expires")
-                        .and_then(|e| httpdate::parse_http_date(e).ok());
+                    page.expires = answer.expires();
                     page
                 }
                 404 | 410 => {
@@ -262,6 +301,16 @@ impl ExportJob {
                 401 | 403 => return Err(inner.unexpected("a manifest page request", &answer)),
                 _ => return Err(Error::JobFailed(Box::new(answer.error_response(inner)))),
             };
+            let before = seen.len();
+            seen.extend(files_of(&page));
+            if seen.len() == before && page.next_link().is_some() {
+                return Err(Error::BadManifest {
+                    url: redact_url(&answer.url),
+                    message: "a manifest page lists no file not seen before, yet links to \
+                              another page; stopped (a server paging without end)"
+                        .into(),
+                });
+            }
             next = pages.add(page, true);
         }
         Ok(())
@@ -289,6 +338,7 @@ impl ExportJob {
     async fn delete_as(&self, context: &'static str) -> Result<DeleteReport> {
         let inner = &self.client.inner;
         let call = Call::new(context, Method::DELETE, self.handle.status_url.clone())
+            .what("DELETE")
             .header(ACCEPT, "application/fhir+json");
         let answer = inner.request(&call).await?;
         let outcome = match answer.status {
@@ -299,7 +349,7 @@ impl ExportJob {
         Ok(DeleteReport {
             outcome,
             operation_outcome: OperationOutcome::parse(&answer.body),
-            request_ids: crate::http::request_ids(&answer.headers),
+            request_ids: crate::transport::request_ids(&answer.headers),
         })
     }
 }

@@ -2,11 +2,11 @@
 
 use crate::client::BulkClient;
 use crate::error::{Error, Result};
-use crate::http::{Call, request_ids};
 use crate::job::{ExportJob, JobHandle};
 use crate::outcome::OperationOutcome;
 use crate::request::{ExportRequest, KickoffMethod};
 use crate::secret::redact_url;
+use crate::transport::{Call, request_ids};
 use bytes::Bytes;
 use reqwest::Method;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
@@ -101,7 +101,10 @@ impl BulkClient {
             KickoffMethod::Get => Method::GET,
             KickoffMethod::Post => Method::POST,
         };
+        // A POST body (patient ids) is re-sent on a 307/308 only within the trusted origins:
+        // the transport's redirect policy checks every hop.
         let mut call = Call::new("the kick-off request", method, url.clone())
+            .what("kick-off")
             .header(ACCEPT, "application/fhir+json");
         let prefer =
             HeaderValue::from_str(&request.prefer_header()).map_err(|e| Error::InvalidRequest {

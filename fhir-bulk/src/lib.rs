@@ -61,7 +61,6 @@ mod capability;
 mod client;
 pub mod download;
 mod error;
-mod http;
 mod job;
 mod kickoff;
 mod manifest;
@@ -73,10 +72,11 @@ pub mod resource;
 mod retry;
 mod secret;
 mod status;
+mod transport;
 mod validate;
 
 pub use capability::CapabilityStatement;
-pub use client::{BulkClient, BulkClientBuilder, DEFAULT_USER_AGENT};
+pub use client::{BulkClient, BulkClientBuilder, DEFAULT_USER_AGENT, HttpOptions};
 pub use download::{DownloadOptions, InvalidLines, Record, RecordStream};
 pub use error::{Error, ErrorResponse, LineErrorKind, RequestIds, Result, TransportErrorKind};
 pub use job::{DeleteOutcome, DeleteReport, ExportJob, JobHandle, PollStatus};
@@ -90,6 +90,7 @@ pub use request::{
 pub use retry::RetryPolicy;
 pub use secret::{AccessToken, SecretString, redact_url_str};
 pub use status::{Progress, parse_progress_percent};
+pub use transport::retry::RandomFn;
 pub use validate::MAX_PATIENTS;
 
 /// The README's examples, compiled as doctests.

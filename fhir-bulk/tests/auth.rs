@@ -583,13 +583,12 @@ async fn refreshes_before_expiry() {
         .unwrap();
     // No timers of the HTTP stack (timeouts, idle pool), so the paused clock moves only when
     // the test moves it.
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    let http = fhir_bulk::HttpOptions::default()
+        .with_connect_timeout(None)
+        .with_read_timeout(None)
+        .with_pool_max_idle_per_host(0);
     let client = BulkClient::builder(format!("{}/fhir", server.uri()))
-        .http_client(http)
+        .http_options(http)
         .auth(auth)
         .build()
         .unwrap();

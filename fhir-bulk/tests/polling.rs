@@ -401,12 +401,11 @@ async fn deadline_ends_the_wait() {
         .mount(&server)
         .await;
     // No reqwest timeouts: the paused clock would fire them while waiting for the socket.
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = fhir_bulk::HttpOptions::default()
+        .with_connect_timeout(None)
+        .with_read_timeout(None);
     let client = BulkClient::builder(format!("{}/fhir", server.uri()))
-        .http_client(http)
+        .http_options(http)
         .poll_policy(PollPolicy::default().with_deadline(Some(Duration::from_secs(600))))
         .build()
         .unwrap();

@@ -3,9 +3,11 @@
 //! endpoint; and the default scope chosen from what the server advertises.
 
 use super::token_endpoint::Endpoint;
+use crate::client::Inner;
 use crate::error::{Error, Result};
-use crate::http::transport_error;
 use crate::secret::redact_url;
+use crate::transport::{Call, DOCUMENT_LIMIT, TokenUse};
+use reqwest::Method;
 use reqwest::header;
 use serde_json::Value;
 use url::Url;
@@ -13,11 +15,6 @@ use url::Url;
 /// The extension on `CapabilityStatement.rest.security` that lists OAuth endpoints.
 pub(super) const OAUTH_URIS: &str =
     "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris";
-
-/// The most redirects followed for a discovery document.
-const MAX_REDIRECTS: usize = 5;
-/// The largest discovery document read (CapabilityStatements can be big).
-const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 
 /// What the server advertises.
 #[derive(Debug, Clone, Default)]
@@ -60,14 +57,10 @@ impl Discovery {
 /// Fetches the smart-configuration; when it gives no token endpoint and `need_token` is set,
 /// falls back to the CapabilityStatement. Fails only when `need_token` is set and no token
 /// endpoint was found.
-pub(super) async fn discover(
-    http: &reqwest::Client,
-    base: &Url,
-    need_token: bool,
-) -> Result<Discovery> {
+pub(super) async fn discover(inner: &Inner, base: &Url, need_token: bool) -> Result<Discovery> {
     let mut found = Discovery::default();
     let smart_url = join(base, ".well-known/smart-configuration")?;
-    match get_json(http, &smart_url, "application/json").await {
+    match get_json(inner, &smart_url, "application/json").await {
         Ok(Value::Object(config)) => {
             let strings = |field: &str| -> Option<Vec<String>> {
                 config.get(field).and_then(Value::as_array).map(|a| {
@@ -100,10 +93,11 @@ pub(super) async fn discover(
         Err(note) => found.notes.push(note),
     }
     if found.token_endpoint.is_some() || !need_token {
+        log_found(&found);
         return Ok(found);
     }
     let metadata_url = join(base, "metadata")?;
-    match get_json(http, &metadata_url, "application/fhir+json").await {
+    match get_json(inner, &metadata_url, "application/fhir+json").await {
         Ok(statement) => match oauth_token_uri(&statement) {
             Some(text) => match Endpoint::resolve(text, Some(base)) {
                 Some(endpoint) => found.token_endpoint = Some(endpoint),
@@ -121,6 +115,7 @@ pub(super) async fn discover(
         Err(note) => found.notes.push(note),
     }
     if found.token_endpoint.is_some() {
+        log_found(&found);
         return Ok(found);
     }
     Err(Error::Auth {
@@ -130,6 +125,14 @@ pub(super) async fn discover(
         ),
         response: None,
     })
+}
+
+fn log_found(found: &Discovery) {
+    tracing::info!(
+        target: "fhir_bulk::auth",
+        token_endpoint = found.token_endpoint.as_ref().map(|e| redact_url(&e.url)).as_deref(),
+        "smart discovery"
+    );
 }
 
 fn join(base: &Url, path: &str) -> Result<Url> {
@@ -157,71 +160,28 @@ pub(super) fn oauth_token_uri(statement: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
-/// GETs a JSON document without credentials, following redirects. The error is a note for
-/// the final message.
+/// GETs a JSON document without credentials through the client's send path (redirects
+/// checked per hop, retries, bounded body). The error is a note for the final message.
 async fn get_json(
-    http: &reqwest::Client,
-    start: &Url,
+    inner: &Inner,
+    url: &Url,
     accept: &'static str,
 ) -> std::result::Result<Value, String> {
-    let mut url = start.clone();
-    for _ in 0..=MAX_REDIRECTS {
-        let mut response = http
-            .get(url.clone())
-            .header(header::ACCEPT, accept)
-            .send()
-            .await
-            .map_err(|e| transport_error("SMART discovery", &url, e).to_string())?;
-        let status = response.status();
-        if status.is_redirection() {
-            let next = response
-                .headers()
-                .get(header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|l| url.join(l).ok())
-                .filter(|u| matches!(u.scheme(), "http" | "https"));
-            match next {
-                Some(next) => {
-                    url = next;
-                    continue;
-                }
-                None => {
-                    return Err(format!(
-                        "{} answered HTTP {} without a usable Location",
-                        redact_url(&url),
-                        status.as_u16()
-                    ));
-                }
-            }
-        }
-        if !status.is_success() {
-            return Err(format!(
-                "{} answered HTTP {}",
-                redact_url(&url),
-                status.as_u16()
-            ));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| transport_error("SMART discovery", &url, e).to_string())?
-        {
-            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-                return Err(format!(
-                    "{} answered with more than {MAX_DOCUMENT_BYTES} bytes",
-                    redact_url(&url)
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        return serde_json::from_slice(&body)
-            .map_err(|_| format!("{} did not answer with JSON", redact_url(&url)));
+    let mut call = Call::new("SMART discovery", Method::GET, url.clone())
+        .what("discovery")
+        .header(header::ACCEPT, accept);
+    call.token = TokenUse::Never;
+    call.limit = DOCUMENT_LIMIT;
+    let answer = inner.request(&call).await.map_err(|e| e.to_string())?;
+    if !(200..300).contains(&answer.status) {
+        return Err(format!(
+            "{} answered HTTP {}",
+            redact_url(&answer.url),
+            answer.status
+        ));
     }
-    Err(format!(
-        "{} redirected more than {MAX_REDIRECTS} times",
-        redact_url(start)
-    ))
+    serde_json::from_slice(&answer.body)
+        .map_err(|_| format!("{} did not answer with JSON", redact_url(&answer.url)))
 }
 
 #[cfg(test)]

@@ -36,17 +36,25 @@ use futures::future::BoxFuture;
 use std::fmt;
 use url::Url;
 
-/// What a provider may use to obtain a token.
+/// What a provider may use to obtain a token. The crate's own providers also reach the
+/// client's send path through it (its HTTP settings, redirect policy and retry context).
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct AuthContext<'a> {
-    /// The HTTP client the [`BulkClient`](crate::BulkClient) uses (timeouts and TLS settings
-    /// included).
-    pub http: &'a reqwest::Client,
     /// The FHIR base URL, for discovery (`.well-known/smart-configuration`).
     pub fhir_base: &'a Url,
     /// Whether the client allows plain `http://` to non-loopback hosts.
     pub allow_insecure_http: bool,
+    pub(crate) inner: &'a crate::client::Inner,
+}
+
+impl fmt::Debug for AuthContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthContext")
+            .field("fhir_base", &self.fhir_base.as_str())
+            .field("allow_insecure_http", &self.allow_insecure_http)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A source of bearer tokens.

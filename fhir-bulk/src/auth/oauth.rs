@@ -171,7 +171,7 @@ impl OAuthCore {
             (None, Some(discovery)) => discovery.default_scope(),
             (None, None) => Discovery::default().default_scope(),
         };
-        request_token(ctx.http, endpoint, scope, credentials, discovery).await
+        request_token(ctx.inner, endpoint, scope, credentials, discovery).await
     }
 
     /// Discovery, done once. Without a configured token URL it must find the token
@@ -181,7 +181,7 @@ impl OAuthCore {
         let need_token = self.token_url.is_none();
         self.discovery
             .get_or_try_init(|| async {
-                match discover(ctx.http, ctx.fhir_base, need_token).await {
+                match discover(ctx.inner, ctx.fhir_base, need_token).await {
                     Ok(found) => Ok(found),
                     Err(error) if need_token => Err(error),
                     Err(_) => Ok(Discovery::default()),

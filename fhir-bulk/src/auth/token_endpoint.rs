@@ -5,12 +5,17 @@ use super::cache::FreshToken;
 use super::client_secret::ClientSecretMethod;
 use super::discovery::Discovery;
 use super::jwt::{ASSERTION_LIFETIME, AssertionSigner};
-use crate::client::is_loopback;
-use crate::error::{Error, ErrorResponse, Result, TransportErrorKind};
-use crate::http::transport_error;
+use crate::client::Inner;
+use crate::error::{Error, Result};
+use crate::retry::RetryPolicy;
 use crate::secret::{AccessToken, SecretString, redact_url};
+use crate::transport::origin::check_secure;
+use crate::transport::scrub::scrub;
+use crate::transport::{Answer, Call, RedirectRule, RetryContext, TOKEN_LIMIT, TokenUse, Verdict};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use reqwest::Method;
 use reqwest::header::{self, HeaderValue};
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -22,8 +27,6 @@ pub(super) const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type
 pub(super) const MAX_RETRIES: u32 = 3;
 /// The first wait before a retry; it doubles each time.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-/// The largest token response read.
-const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
 /// A token endpoint: the URL requests go to, and the text used as the assertion's `aud`
 /// (the endpoint exactly as configured or advertised).
@@ -55,24 +58,16 @@ impl Endpoint {
 
     /// Requires https, except to this machine or when the client allows plain http.
     pub(super) fn check_transport(&self, allow_insecure_http: bool) -> Result<()> {
-        match self.url.scheme() {
-            "https" => Ok(()),
-            "http" if allow_insecure_http || is_loopback(&self.url) => Ok(()),
-            scheme => Err(Error::Auth {
-                message: format!(
-                    "refusing to send client credentials to the token endpoint {}: {}. Use an \
-                     https token endpoint, or `BulkClientBuilder::allow_insecure_http(true)` if \
-                     you really mean it",
-                    redact_url(&self.url),
-                    if scheme == "http" {
-                        "plain http to a host that is not this machine"
-                    } else {
-                        "the scheme is not https"
-                    }
-                ),
-                response: None,
-            }),
-        }
+        check_secure(&self.url, allow_insecure_http).map_err(|why| Error::Auth {
+            message: format!(
+                "refusing to send client credentials to the token endpoint {}: {}. Use an \
+                 https token endpoint, or `BulkClientBuilder::allow_insecure_http(true)` if \
+                 you really mean it",
+                redact_url(&self.url),
+                why.describe()
+            ),
+            response: None,
+        })
     }
 }
 
@@ -153,150 +148,157 @@ fn basic_auth(client_id: &str, secret: &SecretString) -> HeaderValue {
     value
 }
 
-/// What a failed attempt tells the retry loop.
-enum Attempt {
-    Done(Result<FreshToken>),
-    Retry(Error),
+/// The retry policy of the token request: [`MAX_RETRIES`] retries, a short backoff from
+/// [`FIRST_BACKOFF`], at most 30 s in all.
+fn token_retry_policy() -> RetryPolicy {
+    RetryPolicy::default()
+        .with_max_retries(MAX_RETRIES as usize)
+        .with_min_delay(FIRST_BACKOFF)
+        .with_max_delay(Duration::from_secs(4))
+        .with_max_elapsed(Some(Duration::from_secs(30)))
+        .with_max_retry_after(Duration::from_secs(10))
 }
 
-/// Requests a token, retrying transient failures up to [`MAX_RETRIES`] times with a short
-/// backoff. Every attempt carries a new client assertion.
-pub(super) async fn request_token(
-    http: &reqwest::Client,
-    endpoint: &Endpoint,
-    scope: &str,
-    credentials: Credentials<'_>,
-    discovery: Option<&Discovery>,
-) -> Result<FreshToken> {
-    let mut retries = 0;
-    loop {
-        match attempt(http, endpoint, scope, credentials, discovery).await {
-            Attempt::Done(result) => return result,
-            Attempt::Retry(error) if retries >= MAX_RETRIES => {
-                return Err(match error {
-                    Error::Auth { message, response } => Error::Auth {
-                        message: format!("{message} ({} attempts)", retries + 1),
-                        response,
-                    },
-                    other => other,
-                });
-            }
-            Attempt::Retry(_) => {
-                let backoff = FIRST_BACKOFF * 2u32.pow(retries);
-                let jitter = backoff.mul_f64(fastrand::f64() * 0.25);
-                tokio::time::sleep(backoff + jitter).await;
-                retries += 1;
-            }
-        }
-    }
-}
-
-async fn attempt(
-    http: &reqwest::Client,
-    endpoint: &Endpoint,
-    scope: &str,
-    credentials: Credentials<'_>,
-    discovery: Option<&Discovery>,
-) -> Attempt {
-    let url = &endpoint.url;
-    let assertion: SecretString;
-    let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials"), ("scope", scope)];
-    let mut request = http
-        .post(url.clone())
-        .header(header::ACCEPT, "application/json");
-    let mut secrets: Vec<&str> = Vec::new();
+/// The token request of one attempt (a new client assertion each time).
+fn token_call(endpoint: &Endpoint, scope: &str, credentials: Credentials<'_>) -> Result<Call> {
+    let mut call = Call::new("the token request", Method::POST, endpoint.url.clone())
+        .what("token request")
+        .header(header::ACCEPT, "application/json")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    call.token = TokenUse::Never;
+    // The body holds the client secret or assertion: a redirect is never followed.
+    call.redirects = RedirectRule::Never;
+    call.limit = TOKEN_LIMIT;
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", "client_credentials");
+    form.append_pair("scope", scope);
     match credentials {
         Credentials::Assertion(signer) => {
-            assertion = match signer.sign(&endpoint.audience) {
-                Ok(jwt) => jwt,
-                Err(message) => {
-                    return Attempt::Done(Err(Error::Auth {
-                        message,
-                        response: None,
-                    }));
-                }
-            };
-            form.push(("client_assertion_type", JWT_BEARER));
-            form.push(("client_assertion", assertion.expose_secret()));
-            secrets.push(assertion.expose_secret());
+            let assertion = signer
+                .sign(&endpoint.audience)
+                .map_err(|message| Error::Auth {
+                    message,
+                    response: None,
+                })?;
+            form.append_pair("client_assertion_type", JWT_BEARER);
+            form.append_pair("client_assertion", assertion.expose_secret());
+            call.secrets.push(assertion);
         }
         Credentials::Secret {
             client_id,
             secret,
             method,
         } => {
-            secrets.push(secret.expose_secret());
+            call.secrets.push(secret.clone());
             match method {
                 ClientSecretMethod::Basic => {
-                    request = request.header(header::AUTHORIZATION, basic_auth(client_id, secret));
+                    call.headers
+                        .insert(header::AUTHORIZATION, basic_auth(client_id, secret));
                 }
                 ClientSecretMethod::Post => {
-                    form.push(("client_id", client_id));
-                    form.push(("client_secret", secret.expose_secret()));
+                    form.append_pair("client_id", client_id);
+                    form.append_pair("client_secret", secret.expose_secret());
                 }
             }
         }
     }
-    let response = match request.form(&form).send().await {
-        Ok(response) => response,
-        Err(e) => {
-            let error = transport_error("token request", url, e);
-            let transient = matches!(
-                &error,
-                Error::Transport { kind, .. } if *kind != TransportErrorKind::Redirect
-            );
-            return if transient {
-                Attempt::Retry(error)
-            } else {
-                Attempt::Done(Err(error))
-            };
-        }
-    };
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = match read_body(response, url).await {
-        Ok(body) => body,
-        Err(error) => return Attempt::Retry(error),
-    };
+    call.body = Some(Bytes::from(form.finish()));
+    Ok(call)
+}
+
+/// Requests a token through the client's send path, retrying transient failures up to
+/// [`MAX_RETRIES`] times with a short backoff. Every attempt carries a new client assertion.
+pub(super) async fn request_token(
+    inner: &Inner,
+    endpoint: &Endpoint,
+    scope: &str,
+    credentials: Credentials<'_>,
+    discovery: Option<&Discovery>,
+) -> Result<FreshToken> {
+    let mut ctx = RetryContext::new(&token_retry_policy(), inner.random.clone());
+    let result = inner
+        .run(
+            &mut ctx,
+            || token_call(endpoint, scope, credentials),
+            |call, answer| {
+                judge(
+                    inner,
+                    call,
+                    &answer,
+                    endpoint,
+                    scope,
+                    credentials,
+                    discovery,
+                )
+            },
+        )
+        .await;
+    result.map_err(|error| match error {
+        Error::RetriesExhausted {
+            attempts,
+            elapsed,
+            last,
+        } => match *last {
+            Error::Auth { message, response } => Error::Auth {
+                message: format!("{message} ({attempts} attempts)"),
+                response,
+            },
+            other => Error::RetriesExhausted {
+                attempts,
+                elapsed,
+                last: Box::new(other),
+            },
+        },
+        other => other,
+    })
+}
+
+/// What one token answer means.
+fn judge(
+    inner: &Inner,
+    call: &Call,
+    answer: &Answer,
+    endpoint: &Endpoint,
+    scope: &str,
+    credentials: Credentials<'_>,
+    discovery: Option<&Discovery>,
+) -> Verdict<FreshToken> {
+    let url = &endpoint.url;
+    let status = answer.status;
     if (200..300).contains(&status) {
-        return Attempt::Done(parse_success(&body, url));
+        return match parse_success(&answer.body, url) {
+            Ok(token) => Verdict::Done(token),
+            Err(e) => Verdict::Fail(e),
+        };
     }
-    let scrub = |text: &str| {
-        secrets
-            .iter()
-            .filter(|s| !s.is_empty())
-            .fold(text.to_owned(), |t, s| t.replace(s, "[redacted]"))
-    };
-    let report = Box::new(error_report(status, url, &headers, &body, &scrub));
+    let secrets = inner.secrets(&call.secrets);
+    let scrub = |text: &str| scrub(text, secrets.iter().map(String::as_str));
+    let report = Box::new(inner.report_with(answer, &call.secrets));
     if (300..400).contains(&status) {
-        return Attempt::Done(Err(Error::Auth {
+        return Verdict::Fail(Error::Auth {
             message: format!(
                 "the token endpoint {} answered with a redirect (HTTP {status}); client \
                  credentials are not sent on: give the final token endpoint URL with `token_url`",
                 redact_url(url)
             ),
             response: Some(report),
-        }));
+        });
     }
-    match OAuthError::parse(&body) {
+    let server = inner.server_wait(&answer.headers);
+    match OAuthError::parse(scrub(&String::from_utf8_lossy(&answer.body)).as_bytes()) {
         Some(oauth) => {
-            let oauth = OAuthError {
-                description: oauth.description.map(|d| scrub(&d)),
-                uri: oauth.uri.map(|u| scrub(&u)),
-                error: scrub(&oauth.error),
-            };
             let error = Error::Auth {
                 message: oauth_message(&oauth, status, endpoint, scope, credentials, discovery),
                 response: Some(report),
             };
             if oauth.is_transient() {
-                Attempt::Retry(error)
+                Verdict::Retry { error, server }
             } else {
-                Attempt::Done(Err(error))
+                Verdict::Fail(error)
             }
         }
         None => {
-            let bare = body.iter().all(u8::is_ascii_whitespace);
+            let bare = answer.body.iter().all(u8::is_ascii_whitespace);
             let error = Error::Auth {
                 message: format!(
                     "the token endpoint {} answered HTTP {status}{} instead of a token or an \
@@ -307,44 +309,12 @@ async fn attempt(
                 response: Some(report),
             };
             if status >= 500 || status == 429 || (status == 400 && bare) {
-                Attempt::Retry(error)
+                Verdict::Retry { error, server }
             } else {
-                Attempt::Done(Err(error))
+                Verdict::Fail(error)
             }
         }
     }
-}
-
-async fn read_body(mut response: reqwest::Response, url: &Url) -> Result<Vec<u8>> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| transport_error("token request", url, e))?
-    {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(Error::Transport {
-                context: "token request",
-                kind: TransportErrorKind::Body,
-                url: redact_url(url),
-                message: format!("answer larger than {MAX_RESPONSE_BYTES} bytes"),
-            });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-fn error_report(
-    status: u16,
-    url: &Url,
-    headers: &reqwest::header::HeaderMap,
-    body: &[u8],
-    scrub: &dyn Fn(&str) -> String,
-) -> ErrorResponse {
-    let mut report = crate::http::report(status, url, headers, body, None);
-    report.body = report.body.map(|text| scrub(&text));
-    report
 }
 
 /// The token from a 2xx answer.
@@ -363,6 +333,13 @@ pub(super) fn parse_success(body: &[u8], url: &Url) -> Result<FreshToken> {
         Some(Value::String(token)) if !token.trim().is_empty() => AccessToken::new(token.trim()),
         _ => return Err(fail("without an `access_token`".into())),
     };
+    if HeaderValue::from_str(token.secret()).is_err() {
+        return Err(fail(
+            "with an `access_token` that holds characters an HTTP header cannot carry (a \
+             line break or another control character); it cannot be sent"
+                .into(),
+        ));
+    }
     match fields.get("token_type") {
         None | Some(Value::Null) => {}
         Some(Value::String(kind)) if kind.trim().eq_ignore_ascii_case("bearer") => {}

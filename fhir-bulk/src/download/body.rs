@@ -1,27 +1,40 @@
-//! One file's decoded bytes, across any number of broken transfers.
+//! One file's decoded bytes, across any number of broken transfers: the byte source.
 //!
 //! A transfer that breaks off (reset, truncated body, timeout, 5xx, 429) is retried under the
-//! client's retry policy. When the server advertised `Accept-Ranges: bytes`, the retry asks
-//! for `Range: bytes=N-` (with `If-Range` pinned to the strong `ETag` or `Last-Modified`), where
-//! N counts the bytes of the representation already received and decoded; a `206` whose
+//! client's retry policy, in one [`RetryContext`] for the whole file: attempts that reach
+//! further into the file than any before earn one more attempt (up to four times the policy's
+//! count), never more time, so a server that keeps cutting the body ends in an error that says
+//! where and how often. When the server advertised `Accept-Ranges: bytes`, the retry asks for
+//! `Range: bytes=N-` (with `If-Range` pinned to the strong `ETag` or `Last-Modified`), where N
+//! counts the bytes of the representation already received and decoded; a `206` whose
 //! `Content-Range` starts at N continues the same byte stream (the gzip decoder keeps its
 //! state, so gzip resumes too). Any other success means the file is read again from its start:
 //! the stream then yields [`BodyEvent::Restart`] and the reader skips what it already
 //! delivered.
+//!
+//! The stream is a small state machine ([`State`]) driven by `futures::stream::unfold`. It
+//! ends (`None`) only after the body ended cleanly per its framing (the `Content-Length`
+//! reached, the last chunk of a chunked body, or the connection closed on a body without
+//! either) and, for gzip, after the gzip trailer was read and checked; any other end is an
+//! `Err` item. That is the "ended cleanly" signal for the line checks.
 
 use super::decode::BodyDecoder;
 use super::expiry::is_expired;
 use crate::client::Inner;
 use crate::error::{Error, Result, TransportErrorKind};
-use crate::http::{Call, TokenUse, header_str, transport_error};
-use crate::retry::RetryBudget;
 use crate::secret::redact_url;
+use crate::transport::retry::is_transient_transport;
+use crate::transport::{
+    Call, ClientKind, RetryContext, ServerWait, TokenUse, Verdict, header_str, transport_error,
+};
 use bytes::Bytes;
 use futures::Stream;
-use reqwest::Method;
 use reqwest::header::{ACCEPT, ACCEPT_ENCODING, HeaderMap, HeaderValue, IF_RANGE, RANGE};
+use reqwest::{Method, Response};
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
+use tracing::Instrument;
 use url::Url;
 
 const CONTEXT: &str = "downloading a file";
@@ -44,22 +57,6 @@ pub(crate) enum BodyEvent {
     Restart,
 }
 
-struct Failure {
-    error: Error,
-    transient: bool,
-    retry_after: Option<Duration>,
-}
-
-impl Failure {
-    fn transient(error: Error) -> Failure {
-        Failure {
-            error,
-            transient: true,
-            retry_after: None,
-        }
-    }
-}
-
 /// The start of a `Content-Range: bytes START-END/TOTAL` header.
 pub(crate) fn content_range_start(headers: &HeaderMap) -> Option<u64> {
     let value = header_str(headers, "content-range")?;
@@ -75,13 +72,292 @@ fn validator(headers: &HeaderMap) -> Option<HeaderValue> {
     etag.or_else(|| headers.get("last-modified")).cloned()
 }
 
-fn body_failure(url: &Url, message: String) -> Failure {
-    Failure::transient(Error::Transport {
-        context: CONTEXT,
-        kind: TransportErrorKind::Body,
-        url: redact_url(url),
-        message,
-    })
+/// Where the byte source is.
+enum State {
+    /// Send the next request.
+    Connect,
+    /// A `200` or continuing `206` is being read.
+    Reading(Response),
+    /// The attempt failed: retry (after the context's wait) or give up.
+    Failed {
+        error: Error,
+        server: Option<ServerWait>,
+        transient: bool,
+    },
+    /// Finished (cleanly or with an error already queued).
+    Done,
+}
+
+/// The byte source of one file.
+struct Source {
+    inner: Arc<Inner>,
+    request: FileRequest,
+    state: State,
+    /// Events ready to hand out, in order.
+    queue: VecDeque<Result<BodyEvent>>,
+    ctx: RetryContext,
+    decoder: Option<BodyDecoder>,
+    /// Bytes of the current representation received and fed to the decoder.
+    received: u64,
+    /// The furthest `received` of any attempt: reaching past it is progress.
+    furthest: u64,
+    if_range: Option<HeaderValue>,
+    ranges: bool,
+    /// Whether decoded data went out since the last (re)start.
+    emitted: bool,
+    /// Whether this attempt asked for a range.
+    resuming: bool,
+}
+
+impl Source {
+    fn body_failure(&self, message: String) -> State {
+        State::Failed {
+            error: Error::Transport {
+                context: CONTEXT,
+                kind: TransportErrorKind::Body,
+                url: redact_url(&self.request.url),
+                message,
+                source: None,
+            },
+            server: None,
+            transient: true,
+        }
+    }
+
+    fn call(&mut self) -> Call {
+        let url = self.request.url.clone();
+        let mut call = Call::new(CONTEXT, Method::GET, url)
+            .what("download")
+            .header(ACCEPT, "application/fhir+ndjson")
+            .header(ACCEPT_ENCODING, "gzip");
+        call.token = self.request.token;
+        call.client = ClientKind::Download;
+        self.resuming = self.received > 0 && self.ranges && self.decoder.is_some();
+        if self.resuming {
+            if let Ok(range) = HeaderValue::from_str(&format!("bytes={}-", self.received)) {
+                call.headers.insert(RANGE, range);
+            }
+            if let Some(v) = &self.if_range {
+                call.headers.insert(IF_RANGE, v.clone());
+            }
+        }
+        call
+    }
+
+    /// One request; what its answer leads to.
+    async fn connect(&mut self) -> State {
+        let call = self.call();
+        if self.resuming || self.emitted {
+            tracing::info!(
+                target: "fhir_bulk::download",
+                file = %redact_url(&self.request.url),
+                offset = self.received,
+                mode = if self.resuming { "range" } else { "skip" },
+                "resuming"
+            );
+        }
+        let response = match self.inner.send(&call).await {
+            Ok(response) => response,
+            Err(error) => {
+                let transient = match &error {
+                    Error::Transport { kind, .. } => is_transient_transport(*kind, true),
+                    _ => false,
+                };
+                return State::Failed {
+                    error,
+                    server: None,
+                    transient,
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let continuing = status == 206
+            && self.resuming
+            && content_range_start(response.headers()) == Some(self.received);
+        if status == 206 && !continuing {
+            // A range that does not start where the transfer broke off: start over.
+            self.ranges = false;
+            self.decoder = None;
+            return self.body_failure(
+                "the server answered a range that does not continue the transfer".into(),
+            );
+        }
+        if status == 200 {
+            if self.emitted {
+                self.queue.push_back(Ok(BodyEvent::Restart));
+                self.emitted = false;
+            }
+            self.received = 0;
+            let headers = response.headers();
+            self.ranges = header_str(headers, "accept-ranges")
+                .is_some_and(|v| v.to_ascii_lowercase().contains("bytes"));
+            self.if_range = validator(headers);
+            match BodyDecoder::for_encoding(header_str(headers, "content-encoding")) {
+                Ok(d) => self.decoder = Some(d),
+                Err(e) => {
+                    self.queue.push_back(Err(Error::Transport {
+                        context: CONTEXT,
+                        kind: TransportErrorKind::Body,
+                        url: redact_url(&self.request.url),
+                        message: e.0,
+                        source: None,
+                    }));
+                    return State::Done;
+                }
+            }
+        }
+        if status == 200 || continuing {
+            return State::Reading(response);
+        }
+        self.error_answer(&call, response).await
+    }
+
+    /// A non-success answer: expired, transient, or the end.
+    async fn error_answer(&mut self, call: &Call, response: Response) -> State {
+        let inner = self.inner.clone();
+        let answer = match inner.read(call, response).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                let transient = matches!(
+                    &error,
+                    Error::Transport { kind, .. } if is_transient_transport(*kind, true)
+                );
+                return State::Failed {
+                    error,
+                    server: None,
+                    transient,
+                };
+            }
+        };
+        let report = answer.error_response(&inner);
+        let now = (inner.clock)();
+        if is_expired(
+            answer.status,
+            self.request.expires,
+            now,
+            report.outcome.as_ref(),
+            report.body.as_deref(),
+        ) {
+            self.queue.push_back(Err(Error::FileExpired {
+                response: Box::new(report),
+            }));
+            return State::Done;
+        }
+        match inner.judge(call, answer.clone()) {
+            Verdict::Retry { error, server } => State::Failed {
+                error,
+                server,
+                transient: true,
+            },
+            _ => {
+                self.queue
+                    .push_back(Err(inner.unexpected(CONTEXT, &answer)));
+                State::Done
+            }
+        }
+    }
+
+    /// Reads one chunk of the body.
+    async fn read(&mut self, mut response: Response) -> State {
+        let chunk = match response.chunk().await {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                let mut error = transport_error(CONTEXT, &self.request.url, e);
+                if let Error::Transport { message, .. } = &mut error {
+                    *message = format!(
+                        "the server cut the body at byte {} of the transfer ({message})",
+                        self.received
+                    );
+                }
+                return State::Failed {
+                    error,
+                    server: None,
+                    transient: true,
+                };
+            }
+        };
+        let Some(d) = self.decoder.as_mut() else {
+            return self.body_failure("no decoder for the body".into());
+        };
+        let Some(mut rest) = chunk else {
+            return match d.finish() {
+                Ok(data) => {
+                    if !data.is_empty() {
+                        self.queue.push_back(Ok(BodyEvent::Data(data)));
+                    }
+                    State::Done
+                }
+                Err(e) => {
+                    self.decoder = None;
+                    let at = self.received;
+                    self.body_failure(format!("the body ended at byte {at} but: {}", e.0))
+                }
+            };
+        };
+        let slice = d.input_slice();
+        while !rest.is_empty() {
+            let piece = rest.split_to(rest.len().min(slice));
+            self.received += piece.len() as u64;
+            match d.push(piece) {
+                Ok(data) => {
+                    if !data.is_empty() {
+                        self.emitted = true;
+                        self.queue.push_back(Ok(BodyEvent::Data(data)));
+                    }
+                }
+                Err(e) => {
+                    // The decoder's state is lost: read the file again.
+                    self.decoder = None;
+                    let at = self.received;
+                    return self
+                        .body_failure(format!("the body does not decode at byte {at}: {}", e.0));
+                }
+            }
+        }
+        State::Reading(response)
+    }
+
+    /// After a failed attempt: wait and go on, or end with the error.
+    async fn failed(&mut self, error: Error, server: Option<ServerWait>, transient: bool) -> State {
+        if !transient {
+            self.queue.push_back(Err(error));
+            return State::Done;
+        }
+        if self.received > self.furthest {
+            self.furthest = self.received;
+            self.ctx.progressed();
+        }
+        let inner = self.inner.clone();
+        match inner
+            .retry_wait("download", &self.request.url, &mut self.ctx, server, error)
+            .await
+        {
+            Ok(()) => State::Connect,
+            Err(end) => {
+                self.queue.push_back(Err(end));
+                State::Done
+            }
+        }
+    }
+
+    /// The next event, or `None` at the end.
+    async fn next(&mut self) -> Option<Result<BodyEvent>> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some(event);
+            }
+            self.state = match std::mem::replace(&mut self.state, State::Done) {
+                State::Done => return None,
+                State::Connect => self.connect().await,
+                State::Reading(response) => self.read(response).await,
+                State::Failed {
+                    error,
+                    server,
+                    transient,
+                } => self.failed(error, server, transient).await,
+            };
+        }
+    }
 }
 
 /// The decoded bytes of one file, resumed across failures.
@@ -89,158 +365,27 @@ pub(crate) fn body_stream(
     inner: Arc<Inner>,
     request: FileRequest,
 ) -> impl Stream<Item = Result<BodyEvent>> + Send + 'static {
-    async_stream::stream! {
-        let url = request.url.clone();
-        // Bytes of the current representation received and fed to the decoder.
-        let mut received: u64 = 0;
-        let mut decoder: Option<BodyDecoder> = None;
-        let mut if_range: Option<HeaderValue> = None;
-        let mut ranges = false;
-        // Whether decoded data went out since the last (re)start.
-        let mut emitted = false;
-        let mut budget = RetryBudget::new(&inner.retry);
-        loop {
-            let mut progressed = false;
-            let resume = received > 0 && ranges && decoder.is_some();
-            let mut call = Call::new(CONTEXT, Method::GET, url.clone())
-                .header(ACCEPT, "application/fhir+ndjson")
-                .header(ACCEPT_ENCODING, "gzip");
-            call.token = request.token;
-            call.download = true;
-            if resume {
-                if let Ok(range) = HeaderValue::from_str(&format!("bytes={received}-")) {
-                    call.headers.insert(RANGE, range);
-                }
-                if let Some(v) = &if_range {
-                    call.headers.insert(IF_RANGE, v.clone());
-                }
-            }
-            let failure: Failure = 'attempt: {
-                let response = match inner.send(&call).await {
-                    Ok(response) => response,
-                    Err(error) => {
-                        let transient = matches!(
-                            &error,
-                            Error::Transport { kind, .. } if *kind != TransportErrorKind::Redirect
-                        );
-                        break 'attempt Failure { error, transient, retry_after: None };
-                    }
-                };
-                let status = response.status().as_u16();
-                let continuing =
-                    status == 206 && resume && content_range_start(response.headers()) == Some(received);
-                if status == 206 && !continuing {
-                    // A range that does not start where the transfer broke off: start over.
-                    ranges = false;
-                    decoder = None;
-                    break 'attempt body_failure(
-                        &url,
-                        "the server answered a range that does not continue the transfer".into(),
-                    );
-                }
-                if status == 200 {
-                    if emitted {
-                        yield Ok(BodyEvent::Restart);
-                        emitted = false;
-                    }
-                    received = 0;
-                    let headers = response.headers();
-                    ranges = header_str(headers, "accept-ranges")
-                        .is_some_and(|v| v.to_ascii_lowercase().contains("bytes"));
-                    if_range = validator(headers);
-                    match BodyDecoder::for_encoding(header_str(headers, "content-encoding")) {
-                        Ok(d) => decoder = Some(d),
-                        Err(e) => {
-                            yield Err(Error::Transport {
-                                context: CONTEXT,
-                                kind: TransportErrorKind::Body,
-                                url: redact_url(&url),
-                                message: e.0,
-                            });
-                            return;
-                        }
-                    }
-                }
-                if status == 200 || continuing {
-                    let mut response = response;
-                    loop {
-                        let chunk = match response.chunk().await {
-                            Ok(chunk) => chunk,
-                            Err(e) => break 'attempt Failure::transient(transport_error(CONTEXT, &url, e)),
-                        };
-                        let Some(d) = decoder.as_mut() else {
-                            break 'attempt body_failure(&url, "no decoder for the body".into());
-                        };
-                        let Some(mut rest) = chunk else {
-                            match d.finish() {
-                                Ok(data) => {
-                                    if !data.is_empty() {
-                                        yield Ok(BodyEvent::Data(data));
-                                    }
-                                    return;
-                                }
-                                Err(e) => {
-                                    decoder = None;
-                                    break 'attempt body_failure(&url, e.0);
-                                }
-                            }
-                        };
-                        progressed = true;
-                        let slice = d.input_slice();
-                        while !rest.is_empty() {
-                            let piece = rest.split_to(rest.len().min(slice));
-                            received += piece.len() as u64;
-                            match d.push(piece) {
-                                Ok(data) => {
-                                    if !data.is_empty() {
-                                        emitted = true;
-                                        yield Ok(BodyEvent::Data(data));
-                                    }
-                                }
-                                Err(e) => {
-                                    // The decoder's state is lost: read the file again.
-                                    decoder = None;
-                                    break 'attempt body_failure(&url, e.0);
-                                }
-                            }
-                        }
-                    }
-                }
-                // An error answer.
-                let answer = match inner.read(&call, response).await {
-                    Ok(answer) => answer,
-                    Err(error) => break 'attempt Failure::transient(error),
-                };
-                let report = answer.error_response(&inner);
-                let now = (inner.clock)();
-                if is_expired(status, request.expires, now, report.outcome.as_ref(), report.body.as_deref()) {
-                    yield Err(Error::FileExpired { response: Box::new(report) });
-                    return;
-                }
-                if report.is_transient() {
-                    break 'attempt Failure {
-                        retry_after: report.retry_after,
-                        error: Error::UnexpectedResponse { context: CONTEXT, response: Box::new(report) },
-                        transient: true,
-                    };
-                }
-                yield Err(inner.unexpected(CONTEXT, &answer));
-                return;
-            };
-            if !failure.transient {
-                yield Err(failure.error);
-                return;
-            }
-            if progressed {
-                budget.renew();
-            }
-            match budget.next_wait(failure.retry_after, failure.error) {
-                Ok(wait) => (inner.sleep)(wait).await,
-                Err(exhausted) => {
-                    yield Err(exhausted);
-                    return;
-                }
-            }
+    let span = tracing::info_span!("file", url = %redact_url(&request.url));
+    let source = Source {
+        ctx: inner.retry_context().with_progress_allowance(),
+        inner,
+        request,
+        state: State::Connect,
+        queue: VecDeque::new(),
+        decoder: None,
+        received: 0,
+        furthest: 0,
+        if_range: None,
+        ranges: false,
+        emitted: false,
+        resuming: false,
+    };
+    futures::stream::unfold(source, move |mut source| {
+        let span = span.clone();
+        async move {
+            let event = source.next().await?;
+            Some((event, source))
         }
-    }
+        .instrument(span)
+    })
 }

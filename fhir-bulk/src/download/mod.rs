@@ -16,7 +16,6 @@ pub use save::{SaveOptions, SaveProgress, SaveReport, SavedFile, file_names};
 
 use crate::client::BulkClient;
 use crate::error::{Error, LineErrorKind, Result};
-use crate::http::TokenUse;
 use crate::manifest::{CompletedExport, ExportFile, FileKind};
 use crate::ndjson::DEFAULT_MAX_LINE_LEN;
 use crate::outcome::OperationOutcome;
@@ -24,6 +23,7 @@ use crate::resource::{
     DeletedResource, ParseError, deleted_resources, parse_line, probe_resource_type,
 };
 use crate::secret::redact_url_str;
+use crate::transport::TokenUse;
 use body::FileRequest;
 use bytes::Bytes;
 use futures::StreamExt;
