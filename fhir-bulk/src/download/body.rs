@@ -32,6 +32,22 @@ pub(crate) struct FileRequest {
     pub(crate) url: Url,
     pub(crate) token: TokenUse,
     pub(crate) expires: Option<SystemTime>,
+    // [integrity branch] Cross-process resume: a `.part` kept by an earlier run.
+    /// Continue a representation an earlier process read up to `offset` (decoded identity
+    /// bytes), pinned by `validator`: the first request asks `Range: bytes=offset-` with
+    /// `If-Range` and `Accept-Encoding: identity`; a `200` instead is announced by a
+    /// [`BodyEvent::Restart`].
+    pub(crate) resume: Option<ResumeFrom>,
+}
+
+// [integrity branch] Added for the cross-process resume of saved files.
+/// Where an earlier process stopped reading a file.
+#[derive(Debug, Clone)]
+pub(crate) struct ResumeFrom {
+    /// Decoded (identity) bytes already read.
+    pub(crate) offset: u64,
+    /// The `ETag` or `Last-Modified` of the representation read then.
+    pub(crate) validator: HeaderValue,
 }
 
 /// What the byte source yields.
@@ -42,6 +58,24 @@ pub(crate) enum BodyEvent {
     /// The file is read again from its first byte: drop partial state and skip what was
     /// already delivered.
     Restart,
+    // [integrity branch] Added so the line reader can tell a body that ended per its framing
+    // from one that merely stopped (port onto the rewritten byte source: the last event before
+    // the stream ends successfully).
+    /// The body is complete. `framed`: its end was proven by the transfer's framing (a
+    /// `Content-Length` reached, a chunked terminator, HTTP/2's end of stream, or the end of a
+    /// gzip stream); false for a close-delimited identity body, whose end cannot be told from
+    /// a cut connection.
+    End {
+        /// Whether the framing proved the end.
+        framed: bool,
+    },
+    // [integrity branch] Added so a saved `.part` can record how to resume it.
+    /// A `200` started a (new) representation: its validator for `If-Range`, when the server
+    /// offers byte ranges over identity bytes (the only kind a later process can resume).
+    Representation {
+        /// A strong `ETag` or `Last-Modified`, when ranges over identity bytes are offered.
+        resumable: Option<HeaderValue>,
+    },
 }
 
 struct Failure {
@@ -98,13 +132,23 @@ pub(crate) fn body_stream(
         let mut ranges = false;
         // Whether decoded data went out since the last (re)start.
         let mut emitted = false;
+        // [integrity branch] An earlier process read the identity bytes up to `offset`.
+        if let Some(from) = &request.resume {
+            received = from.offset;
+            decoder = Some(BodyDecoder::Identity);
+            if_range = Some(from.validator.clone());
+            ranges = true;
+            emitted = true;
+        }
         let mut budget = RetryBudget::new(&inner.retry);
         loop {
             let mut progressed = false;
             let resume = received > 0 && ranges && decoder.is_some();
+            // [integrity branch] A range over identity bytes must not come back gzipped.
+            let identity_range = resume && matches!(decoder, Some(BodyDecoder::Identity));
             let mut call = Call::new(CONTEXT, Method::GET, url.clone())
                 .header(ACCEPT, "application/fhir+ndjson")
-                .header(ACCEPT_ENCODING, "gzip");
+                .header(ACCEPT_ENCODING, if identity_range { "identity" } else { "gzip" });
             call.token = request.token;
             call.download = true;
             if resume {
@@ -127,8 +171,13 @@ pub(crate) fn body_stream(
                     }
                 };
                 let status = response.status().as_u16();
-                let continuing =
-                    status == 206 && resume && content_range_start(response.headers()) == Some(received);
+                // [integrity branch] ... and a range over identity bytes must be identity.
+                let coded = header_str(response.headers(), "content-encoding")
+                    .is_some_and(|v| !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("identity"));
+                let continuing = status == 206
+                    && resume
+                    && content_range_start(response.headers()) == Some(received)
+                    && !(identity_range && coded);
                 if status == 206 && !continuing {
                     // A range that does not start where the transfer broke off: start over.
                     ranges = false;
@@ -149,7 +198,14 @@ pub(crate) fn body_stream(
                         .is_some_and(|v| v.to_ascii_lowercase().contains("bytes"));
                     if_range = validator(headers);
                     match BodyDecoder::for_encoding(header_str(headers, "content-encoding")) {
-                        Ok(d) => decoder = Some(d),
+                        Ok(d) => {
+                            // [integrity branch]
+                            let resumable = if_range
+                                .clone()
+                                .filter(|_| ranges && matches!(d, BodyDecoder::Identity));
+                            yield Ok(BodyEvent::Representation { resumable });
+                            decoder = Some(d);
+                        }
                         Err(e) => {
                             yield Err(Error::Transport {
                                 context: CONTEXT,
@@ -162,6 +218,14 @@ pub(crate) fn body_stream(
                     }
                 }
                 if status == 200 || continuing {
+                    // [integrity branch] Whether the end of this body will be proven by its
+                    // framing (hyper fails a body shorter than its Content-Length or without
+                    // its chunked terminator; the gzip decoder fails an unfinished stream).
+                    let framed = response.version() >= reqwest::Version::HTTP_2
+                        || response.headers().contains_key(reqwest::header::CONTENT_LENGTH)
+                        || header_str(response.headers(), "transfer-encoding")
+                            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+                        || matches!(decoder, Some(BodyDecoder::Gzip(_)));
                     let mut response = response;
                     loop {
                         let chunk = match response.chunk().await {
@@ -177,6 +241,7 @@ pub(crate) fn body_stream(
                                     if !data.is_empty() {
                                         yield Ok(BodyEvent::Data(data));
                                     }
+                                    yield Ok(BodyEvent::End { framed });
                                     return;
                                 }
                                 Err(e) => {
