@@ -29,7 +29,11 @@ pub enum ParseError {
     InvalidUtf8(std::str::Utf8Error),
     /// The line is not valid JSON, or not the JSON the target type expects.
     #[error(transparent)]
-    Json(#[from] serde_json::Error),
+    Json(JsonError),
+    /// The line is valid JSON but not a JSON object (every NDJSON line of an export is one
+    /// resource, an object).
+    #[error("not a JSON object (an export line holds one resource, a JSON object)")]
+    NotAnObject,
     /// The line's `resourceType` is not the expected one (`found` is `None`
     /// when the line has no `resourceType`).
     #[error("expected resourceType {expected:?}, found {}", describe_found(.found))]
@@ -42,6 +46,41 @@ pub enum ParseError {
     /// A reference or URL does not name a resource type and id.
     #[error("cannot take a resource type and id from {0:?}")]
     InvalidReference(String),
+}
+
+impl From<serde_json::Error> for ParseError {
+    fn from(error: serde_json::Error) -> Self {
+        ParseError::Json(JsonError(error))
+    }
+}
+
+/// Why a line is not the JSON expected: its message says what and where (line and column
+/// within the NDJSON line). The parser's own error is its [`source`](std::error::Error::source).
+#[derive(Debug)]
+pub struct JsonError(serde_json::Error);
+
+impl JsonError {
+    /// The 1-based column (byte) within the line where the problem was found.
+    pub fn column(&self) -> usize {
+        self.0.column()
+    }
+
+    /// Whether the line ended before the JSON value did (a cut line).
+    pub fn is_eof(&self) -> bool {
+        self.0.is_eof()
+    }
+}
+
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for JsonError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
 }
 
 fn describe_found(found: &Option<String>) -> String {
@@ -818,12 +857,82 @@ impl<'de> Visitor<'de> for ProbeVisitor<'_, 'de> {
     }
 }
 
+/// Checks that a line is one whole JSON object, valid UTF-8 throughout, with nothing after
+/// the object but white space, and returns its top-level `resourceType` (`None` when it has
+/// none).
+///
+/// This is the integrity check every downloaded line passes before it is counted or saved. It
+/// builds no values: the UTF-8 check runs over the whole line first (serde_json does not check
+/// strings it skips), then one validating scan reads the object to its end, skipping every
+/// value except `resourceType`.
+///
+/// ```
+/// use fhir_bulk::resource::{check_line, ParseError};
+///
+/// let line = br#"{"id":"x","resourceType":"Patient","name":[{"given":["Ann"]}]}"#;
+/// assert_eq!(check_line(line)?.as_deref(), Some("Patient"));
+/// // A cut line, two objects, trailing garbage, a raw NUL in a string, not an object:
+/// for bad in [&br#"{"resourceType":"Pat"#[..], br#"{"a":1}{"b":2}"#, br#"{"a":1} x"#,
+///             b"{\"a\":\"\0\"}", b"[1]"] {
+///     assert!(check_line(bad).is_err());
+/// }
+/// assert!(matches!(check_line(b"{\"a\":\"\xff\"}"), Err(ParseError::InvalidUtf8(_))));
+/// # Ok::<(), ParseError>(())
+/// ```
+pub fn check_line(line: &[u8]) -> Result<Option<Cow<'_, str>>, ParseError> {
+    let text = std::str::from_utf8(line).map_err(ParseError::InvalidUtf8)?;
+    check_object_start(text)?;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let mut found = None;
+    deserializer.deserialize_map(CheckVisitor { found: &mut found })?;
+    deserializer.end()?;
+    Ok(found)
+}
+
+/// The first byte after white space must open an object; for anything else, the parser's
+/// own message when the text is not JSON at all, [`ParseError::NotAnObject`] when it is.
+fn check_object_start(text: &str) -> Result<(), ParseError> {
+    if text.bytes().find(|b| !b.is_ascii_whitespace()) == Some(b'{') {
+        return Ok(());
+    }
+    serde_json::from_str::<IgnoredAny>(text)?;
+    Err(ParseError::NotAnObject)
+}
+
+struct CheckVisitor<'a, 'de> {
+    found: &'a mut Option<Cow<'de, str>>,
+}
+
+impl<'de> Visitor<'de> for CheckVisitor<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a FHIR resource (a JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<EnvelopeKey>()? {
+            match key {
+                EnvelopeKey::ResourceType if self.found.is_none() => {
+                    *self.found = Some(map.next_value::<Str<'de>>()?.0);
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Parses one NDJSON line into `T`, first checking that its `resourceType`
 /// is `expected_type` when one is given.
 ///
 /// The whole line is checked to be UTF-8 first (serde_json does not check
 /// strings it skips), so a line with invalid UTF-8 anywhere is rejected
-/// whatever `T` is. The type check uses [`probe_resource_type`], which
+/// whatever `T` is; the line must be one JSON object with nothing after it but
+/// white space ([`ParseError::NotAnObject`] otherwise), so it is validated to
+/// its end even when `T` reads only a few fields. The type check uses [`probe_resource_type`], which
 /// normally costs next to nothing next to the full parse; the full parse is
 /// skipped when the type does not match.
 ///
@@ -865,6 +974,7 @@ pub fn parse_line<T: DeserializeOwned + 'static>(
         // Unreachable (the type ids are equal); the general path below is still correct.
     }
     let text = std::str::from_utf8(line).map_err(ParseError::InvalidUtf8)?;
+    check_object_start(text)?;
     if let Some(expected) = expected_type {
         let found = probe_str(text)?;
         if found.as_deref() != Some(expected) {

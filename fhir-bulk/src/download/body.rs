@@ -45,6 +45,20 @@ pub(crate) struct FileRequest {
     pub(crate) url: Url,
     pub(crate) token: TokenUse,
     pub(crate) expires: Option<SystemTime>,
+    /// Continue a representation an earlier process read up to `offset` (decoded identity
+    /// bytes), pinned by `validator`: the first request asks `Range: bytes=offset-` with
+    /// `If-Range` and `Accept-Encoding: identity`; a `200` instead is announced by a
+    /// [`BodyEvent::Restart`].
+    pub(crate) resume: Option<ResumeFrom>,
+}
+
+/// Where an earlier process stopped reading a file.
+#[derive(Debug, Clone)]
+pub(crate) struct ResumeFrom {
+    /// Decoded (identity) bytes already read.
+    pub(crate) offset: u64,
+    /// The `ETag` or `Last-Modified` of the representation read then.
+    pub(crate) validator: HeaderValue,
 }
 
 /// What the byte source yields.
@@ -55,6 +69,20 @@ pub(crate) enum BodyEvent {
     /// The file is read again from its first byte: drop partial state and skip what was
     /// already delivered.
     Restart,
+    /// The body is complete (the last event before the stream ends). `framed`: its end was
+    /// proven by the transfer's framing (a `Content-Length` reached, a chunked terminator,
+    /// HTTP/2's end of stream, or the end of a gzip stream); false for a close-delimited
+    /// identity body, whose end cannot be told from a cut connection.
+    End {
+        /// Whether the framing proved the end.
+        framed: bool,
+    },
+    /// A `200` started a (new) representation: its validator for `If-Range`, when the server
+    /// offers byte ranges over identity bytes (the only kind a later process can resume).
+    Representation {
+        /// A strong `ETag` or `Last-Modified`, when ranges over identity bytes are offered.
+        resumable: Option<HeaderValue>,
+    },
 }
 
 /// The start of a `Content-Range: bytes START-END/TOTAL` header.
@@ -107,6 +135,11 @@ struct Source {
     emitted: bool,
     /// Whether this attempt asked for a range.
     resuming: bool,
+    /// Whether this attempt asked for a range over identity bytes (which must not come back
+    /// encoded).
+    identity_range: bool,
+    /// Whether the end of the body being read will be proven by its framing.
+    framed: bool,
 }
 
 impl Source {
@@ -133,6 +166,11 @@ impl Source {
         call.token = self.request.token;
         call.client = ClientKind::Download;
         self.resuming = self.received > 0 && self.ranges && self.decoder.is_some();
+        self.identity_range = self.resuming && matches!(self.decoder, Some(BodyDecoder::Identity));
+        if self.identity_range {
+            call.headers
+                .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        }
         if self.resuming {
             if let Ok(range) = HeaderValue::from_str(&format!("bytes={}-", self.received)) {
                 call.headers.insert(RANGE, range);
@@ -171,9 +209,13 @@ impl Source {
             }
         };
         let status = response.status().as_u16();
+        // A range over identity bytes must come back as identity bytes.
+        let coded = header_str(response.headers(), "content-encoding")
+            .is_some_and(|v| !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("identity"));
         let continuing = status == 206
             && self.resuming
-            && content_range_start(response.headers()) == Some(self.received);
+            && content_range_start(response.headers()) == Some(self.received)
+            && !(self.identity_range && coded);
         if status == 206 && !continuing {
             // A range that does not start where the transfer broke off: start over.
             self.ranges = false;
@@ -193,7 +235,15 @@ impl Source {
                 .is_some_and(|v| v.to_ascii_lowercase().contains("bytes"));
             self.if_range = validator(headers);
             match BodyDecoder::for_encoding(header_str(headers, "content-encoding")) {
-                Ok(d) => self.decoder = Some(d),
+                Ok(d) => {
+                    let resumable = self
+                        .if_range
+                        .clone()
+                        .filter(|_| self.ranges && matches!(d, BodyDecoder::Identity));
+                    self.queue
+                        .push_back(Ok(BodyEvent::Representation { resumable }));
+                    self.decoder = Some(d);
+                }
                 Err(e) => {
                     self.queue.push_back(Err(Error::Transport {
                         context: CONTEXT,
@@ -207,6 +257,15 @@ impl Source {
             }
         }
         if status == 200 || continuing {
+            // hyper fails a body shorter than its Content-Length or without its chunked
+            // terminator, and the gzip decoder fails an unfinished stream: those ends are proven.
+            self.framed = response.version() >= reqwest::Version::HTTP_2
+                || response
+                    .headers()
+                    .contains_key(reqwest::header::CONTENT_LENGTH)
+                || header_str(response.headers(), "transfer-encoding")
+                    .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+                || matches!(self.decoder, Some(BodyDecoder::Gzip(_)));
             return State::Reading(response);
         }
         self.error_answer(&call, response).await
@@ -285,6 +344,9 @@ impl Source {
                     if !data.is_empty() {
                         self.queue.push_back(Ok(BodyEvent::Data(data)));
                     }
+                    self.queue.push_back(Ok(BodyEvent::End {
+                        framed: self.framed,
+                    }));
                     State::Done
                 }
                 Err(e) => {
@@ -366,7 +428,8 @@ pub(crate) fn body_stream(
     request: FileRequest,
 ) -> impl Stream<Item = Result<BodyEvent>> + Send + 'static {
     let span = tracing::info_span!("file", url = %redact_url(&request.url));
-    let source = Source {
+    let resume = request.resume.clone();
+    let mut source = Source {
         ctx: inner.retry_context().with_progress_allowance(),
         inner,
         request,
@@ -379,7 +442,18 @@ pub(crate) fn body_stream(
         ranges: false,
         emitted: false,
         resuming: false,
+        identity_range: false,
+        framed: false,
     };
+    // An earlier process read the identity bytes up to `offset`.
+    if let Some(from) = resume {
+        source.received = from.offset;
+        source.furthest = from.offset;
+        source.decoder = Some(BodyDecoder::Identity);
+        source.if_range = Some(from.validator);
+        source.ranges = true;
+        source.emitted = true;
+    }
     futures::stream::unfold(source, move |mut source| {
         let span = span.clone();
         async move {

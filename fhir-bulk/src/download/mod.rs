@@ -12,23 +12,24 @@ mod expiry;
 mod lines;
 mod save;
 
-pub use save::{SaveOptions, SaveProgress, SaveReport, SavedFile, file_names};
+pub use save::{
+    FailedFile, SaveEvent, SaveHook, SaveOptions, SaveProgress, SaveReport, SaveWarning, SavedFile,
+    SkipFn, file_names,
+};
 
 use crate::client::BulkClient;
 use crate::error::{Error, LineErrorKind, Result};
 use crate::manifest::{CompletedExport, ExportFile, FileKind};
 use crate::ndjson::DEFAULT_MAX_LINE_LEN;
 use crate::outcome::OperationOutcome;
-use crate::resource::{
-    DeletedResource, ParseError, deleted_resources, parse_line, probe_resource_type,
-};
+use crate::resource::{DeletedResource, ParseError, check_line, deleted_resources, parse_line};
 use crate::secret::redact_url_str;
 use crate::transport::TokenUse;
 use body::FileRequest;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
-use lines::{SourcedLine, line_stream};
+use lines::{LineEvent, SourcedLine, line_stream};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
@@ -55,8 +56,12 @@ pub struct DownloadOptions {
     /// Check each line's `resourceType` against the manifest entry's `type` (not for
     /// `organizeOutputBy` files, which mix types). Default true.
     pub check_resource_type: bool,
-    /// Report a file whose number of resources differs from the manifest's `count`. Default
-    /// true.
+    /// Report a file whose number of lines differs from the manifest's `count`, and stop
+    /// reading a file that is clearly over it (`count` + 10% + 1,000 lines: a runaway or
+    /// decompression-bomb body). For error and deleted files, whose `count` servers fill in
+    /// differently (the SMART reference server puts the number of resources exported there),
+    /// a smaller number is not an error: streams end normally and
+    /// [`save_export`](BulkClient::save_export) reports it as a warning. Default true.
     pub check_count: bool,
 }
 
@@ -151,7 +156,7 @@ impl<T> std::ops::Deref for Record<T> {
 /// A stream of download items.
 pub type RecordStream<T> = BoxStream<'static, Result<Record<T>>>;
 
-fn request_for(file: &ExportFile) -> Result<FileRequest> {
+pub(crate) fn request_for(file: &ExportFile) -> Result<FileRequest> {
     Ok(FileRequest {
         url: file.file.http_url()?,
         token: if file.requires_access_token {
@@ -160,10 +165,11 @@ fn request_for(file: &ExportFile) -> Result<FileRequest> {
             TokenUse::Never
         },
         expires: file.expires,
+        resume: None,
     })
 }
 
-fn info_for(file: &ExportFile) -> Arc<FileInfo> {
+pub(crate) fn info_for(file: &ExportFile) -> Arc<FileInfo> {
     Arc::new(FileInfo {
         url: redact_url_str(&file.file.url),
         kind: file.kind,
@@ -173,7 +179,7 @@ fn info_for(file: &ExportFile) -> Arc<FileInfo> {
     })
 }
 
-fn line_error(file: &FileInfo, line: u64, err: ParseError) -> Error {
+pub(crate) fn line_error(file: &FileInfo, line: u64, err: ParseError) -> Error {
     let kind = match err {
         ParseError::UnexpectedResourceType { .. } => LineErrorKind::WrongType,
         _ => LineErrorKind::Parse,
@@ -204,11 +210,19 @@ where
     };
     let lines = line_stream(client.inner.clone(), request, info.clone(), options.clone());
     let policy = options.invalid_lines;
+    let check_count = options.check_count;
     let stream = async_stream::stream! {
         futures::pin_mut!(lines);
         while let Some(next) = lines.next().await {
             let line = match next {
-                Ok(line) => line,
+                Ok(LineEvent::Line(line)) => line,
+                Ok(LineEvent::Representation { .. }) => continue,
+                Ok(LineEvent::End { counted }) => {
+                    if let Some(error) = count_error(&info, check_count, counted) {
+                        yield Err(error);
+                    }
+                    return;
+                }
                 Err(e @ Error::InvalidLine { .. }) => {
                     yield Err(e);
                     if policy == InvalidLines::Stop {
@@ -221,6 +235,9 @@ where
                     return;
                 }
             };
+            if line.header {
+                continue;
+            }
             match parse(&info, &line) {
                 Ok(items) => {
                     for resource in items {
@@ -240,6 +257,54 @@ where
         }
     };
     stream.boxed()
+}
+
+/// What a file's line count means against its manifest entry: `Err` for an output file that
+/// holds a different number of lines than its `count`, `Ok(Some(..))` (a warning) for an
+/// error or deleted file that does, `Ok(None)` when it matches or is not checked.
+pub(crate) fn check_count(
+    info: &FileInfo,
+    check: bool,
+    counted: u64,
+) -> std::result::Result<Option<Error>, Error> {
+    let Some(expected) = info.count.filter(|_| check) else {
+        return Ok(None);
+    };
+    if expected == counted {
+        return Ok(None);
+    }
+    let mismatch = Error::CountMismatch {
+        file: info.url.clone(),
+        expected,
+        actual: counted,
+    };
+    match info.kind {
+        FileKind::Output => Err(mismatch),
+        FileKind::Error | FileKind::Deleted => Ok(Some(mismatch)),
+    }
+}
+
+/// The error a stream ends with for its line count, if any (warnings are not errors).
+fn count_error(info: &FileInfo, check: bool, counted: u64) -> Option<Error> {
+    check_count(info, check, counted).err()
+}
+
+/// Checks one line is whole, valid JSON and, when `expected` is given, of that
+/// `resourceType`.
+pub(crate) fn check_raw_line(
+    bytes: &[u8],
+    expected: Option<&str>,
+) -> std::result::Result<(), ParseError> {
+    let found = check_line(bytes)?;
+    if let Some(expected) = expected
+        && found.as_deref() != Some(expected)
+    {
+        return Err(ParseError::UnexpectedResourceType {
+            expected: expected.to_owned(),
+            found: found.map(|f| f.into_owned()),
+        });
+    }
+    Ok(())
 }
 
 /// Downloads files one after another per `continuesInFile` chain, chains concurrently.
@@ -313,8 +378,9 @@ impl BulkClient {
         })
     }
 
-    /// The lines of one file, unparsed (each line's bytes without its line end). The
-    /// `resourceType` check still applies, with a probe that reads only that field.
+    /// The lines of one file, unparsed (each line's bytes without its line end). Each line is
+    /// still checked whole (one JSON object, valid UTF-8, nothing after it) by a validating
+    /// scan that builds no values, and its `resourceType` against the manifest's `type`.
     pub fn download_lines(
         &self,
         file: &ExportFile,
@@ -323,15 +389,7 @@ impl BulkClient {
         let check = options.check_resource_type && file.organized_by.is_none();
         map_lines(self, file, options, move |info, line| {
             let bytes = line.line.bytes();
-            if let Some(expected) = info.resource_type.as_deref().filter(|_| check) {
-                let found = probe_resource_type(bytes)?;
-                if found.as_deref() != Some(expected) {
-                    return Err(ParseError::UnexpectedResourceType {
-                        expected: expected.to_owned(),
-                        found: found.map(|f| f.into_owned()),
-                    });
-                }
-            }
+            check_raw_line(bytes, info.resource_type.as_deref().filter(|_| check))?;
             Ok(vec![bytes.clone()])
         })
     }

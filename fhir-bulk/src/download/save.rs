@@ -1,21 +1,41 @@
 //! Saving an export's files to a directory, for tools that store rather than process.
 //!
 //! Each file is written under a temporary name (`<name>.part`) and renamed when it is
-//! complete and its line count checked, so a reader never sees half a file.
+//! complete: every line checked whole (one JSON object, valid UTF-8, nothing after it), the
+//! body's end proven by its framing, the line count checked against the manifest. So a reader
+//! never sees half a file, and bad data is never saved as good.
+//!
+//! A `.part` is kept when the download is interrupted (the future dropped, the network gone,
+//! the disk full), with a small sidecar (`<name>.part.resume`) saying how far its whole lines
+//! got in the server's file and which representation it was (`ETag` / `Last-Modified`). The
+//! next [`BulkClient::save_file`] of the same file (in this process or another) keeps those
+//! lines and continues after them: with `Range` + `If-Range` when the server offers ranges,
+//! otherwise by reading the file again and skipping the lines it already has. A permanent
+//! failure (a bad line, a count far over the manifest's, an expired or refused file) removes
+//! the `.part` and its sidecar. Resuming needs `gzip` off (a compressed `.part` starts over).
 //!
 //! A progress callback ([`SaveOptions::with_progress`]) reports lines and bytes while a file
-//! is written, and [`CompletedExport::from_manifests`](crate::CompletedExport::from_manifests) rebuilds an export from stored manifest
+//! is written, a per-file hook ([`SaveOptions::with_on_file`]) reports each file started,
+//! saved, skipped or failed, and [`CompletedExport::from_manifests`](crate::CompletedExport::from_manifests) rebuilds an export from stored manifest
 //! pages, so that the files of an export saved earlier (its `manifest.json`) can be fetched
 //! again without the server's status URL.
 
-use super::DownloadOptions;
+use super::body::ResumeFrom;
+use super::lines::{LineEvent, LineStart, line_stream_from};
+use super::{
+    DownloadOptions, InvalidLines, check_count, check_raw_line, info_for, line_error, request_for,
+};
 use crate::client::BulkClient;
-use crate::error::{Error, Result};
+use crate::error::{Error, LineErrorKind, Result};
 use crate::manifest::{CompletedExport, ExportFile, FileKind};
+use crate::ndjson::Checkpoint;
 use crate::secret::redact_url_str;
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use reqwest::header::HeaderValue;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
@@ -32,7 +52,9 @@ pub struct SaveOptions {
     /// Leave files that already exist under their final name alone (resuming a save).
     /// Default false.
     pub skip_existing: bool,
-    /// How files are downloaded.
+    /// How files are downloaded. Under [`InvalidLines::Report`] a bad line is left out of the
+    /// saved file and reported in [`SavedFile::warnings`]; under [`InvalidLines::Stop`] it
+    /// fails the file.
     pub download: DownloadOptions,
     /// Called while each file is written, with the file's final path, the lines written so
     /// far and the NDJSON bytes received so far (lines and their line ends, before any
@@ -40,13 +62,63 @@ pub struct SaveOptions {
     /// file is complete (before it is renamed). Not called for skipped files. Default none.
     #[allow(clippy::type_complexity)]
     pub on_progress: Option<SaveProgress>,
+    /// Called by [`BulkClient::save_export`] when a file starts, is saved or skipped, or
+    /// fails. Default none.
+    pub on_file: Option<SaveHook>,
+    /// Decides which files [`BulkClient::save_export`] leaves alone (reported as skipped),
+    /// e.g. those an earlier run recorded as complete. Default none (only
+    /// [`SaveOptions::skip_existing`] applies).
+    pub skip: Option<SkipFn>,
+    /// [`BulkClient::save_export`] goes on with the other files when one fails, and lists
+    /// the failures in [`SaveReport::failed`] instead of returning the first error. Default
+    /// false.
+    pub keep_going: bool,
 }
 
 /// A progress callback: `(path, lines, data_bytes)` of the file being saved.
 pub type SaveProgress = Arc<dyn Fn(&Path, u64, u64) + Send + Sync>;
 
+/// A per-file hook: see [`SaveOptions::with_on_file`].
+pub type SaveHook = Arc<dyn Fn(&SaveEvent<'_>) + Send + Sync>;
+
+/// A skip predicate: `(file, final path)`; see [`SaveOptions::with_skip`].
+pub type SkipFn = Arc<dyn Fn(&ExportFile, &Path) -> bool + Send + Sync>;
+
+/// What [`SaveOptions::on_file`] is told.
+#[non_exhaustive]
+#[derive(Debug)]
+pub enum SaveEvent<'a> {
+    /// The download of a file starts.
+    Started {
+        /// The manifest entry.
+        file: &'a ExportFile,
+        /// Where it is saved.
+        path: &'a Path,
+    },
+    /// A file was saved (check its [`SavedFile::warnings`]) or skipped.
+    Finished(&'a SavedFile),
+    /// A file failed. Its `.part` is kept for a resume when the failure was an interruption
+    /// (network, disk), removed when it was permanent.
+    Failed {
+        /// The manifest entry.
+        file: &'a ExportFile,
+        /// Where it would have been saved.
+        path: &'a Path,
+        /// Why.
+        error: &'a Error,
+    },
+}
+
 /// How much NDJSON data [`SaveOptions::on_progress`] waits for between two calls.
 const PROGRESS_EVERY_BYTES: u64 = 64 * 1024;
+
+fn same_arc<T: ?Sized>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
 
 impl fmt::Debug for SaveOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -55,23 +127,24 @@ impl fmt::Debug for SaveOptions {
             .field("skip_existing", &self.skip_existing)
             .field("download", &self.download)
             .field("on_progress", &self.on_progress.as_ref().map(|_| "Fn"))
+            .field("on_file", &self.on_file.as_ref().map(|_| "Fn"))
+            .field("skip", &self.skip.as_ref().map(|_| "Fn"))
+            .field("keep_going", &self.keep_going)
             .finish()
     }
 }
 
-/// Two options are equal when their settings are, and they share the same progress callback
-/// (the same `Arc`) or both have none.
+/// Two options are equal when their settings are, and they share the same callbacks (the
+/// same `Arc`s) or both have none.
 impl PartialEq for SaveOptions {
     fn eq(&self, other: &Self) -> bool {
-        let same_callback = match (&self.on_progress, &other.on_progress) {
-            (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        };
         self.gzip == other.gzip
             && self.skip_existing == other.skip_existing
             && self.download == other.download
-            && same_callback
+            && self.keep_going == other.keep_going
+            && same_arc(&self.on_progress, &other.on_progress)
+            && same_arc(&self.on_file, &other.on_file)
+            && same_arc(&self.skip, &other.skip)
     }
 }
 
@@ -99,6 +172,13 @@ impl SaveOptions {
         self
     }
 
+    /// Sets [`SaveOptions::keep_going`].
+    #[must_use]
+    pub fn with_keep_going(mut self, keep_going: bool) -> Self {
+        self.keep_going = keep_going;
+        self
+    }
+
     /// Sets [`SaveOptions::on_progress`]: `progress(path, lines, data_bytes)` is called while
     /// each file is written, e.g. to drive a progress bar.
     ///
@@ -121,6 +201,84 @@ impl SaveOptions {
         self.on_progress = Some(Arc::new(progress));
         self
     }
+
+    /// Sets [`SaveOptions::on_file`]: `hook(event)` is called by
+    /// [`BulkClient::save_export`] as each file starts, is saved or skipped, or fails, so a
+    /// tool can log, record and report each file without its own download loop.
+    ///
+    /// ```
+    /// use fhir_bulk::download::{SaveEvent, SaveOptions};
+    ///
+    /// let options = SaveOptions::default().with_on_file(|event| match event {
+    ///     SaveEvent::Finished(saved) => {
+    ///         println!("{}: {} lines", saved.path.display(), saved.lines);
+    ///         for warning in &saved.warnings {
+    ///             println!("  warning: {warning}");
+    ///         }
+    ///     }
+    ///     SaveEvent::Failed { path, error, .. } => println!("{}: {error}", path.display()),
+    ///     _ => {}
+    /// });
+    /// assert!(options.on_file.is_some());
+    /// ```
+    #[must_use]
+    pub fn with_on_file(mut self, hook: impl Fn(&SaveEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.on_file = Some(Arc::new(hook));
+        self
+    }
+
+    /// Sets [`SaveOptions::skip`]: files for which `skip(file, path)` is true are left alone
+    /// by [`BulkClient::save_export`] and reported as skipped.
+    #[must_use]
+    pub fn with_skip(
+        mut self,
+        skip: impl Fn(&ExportFile, &Path) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.skip = Some(Arc::new(skip));
+        self
+    }
+}
+
+/// Something about a saved file that did not stop it being saved.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaveWarning {
+    /// An error or deleted file holds a different number of lines than the manifest's
+    /// `count` (the SMART reference server, for one, puts the number of resources exported in
+    /// each error entry while the file holds one `OperationOutcome`). The file is saved as the
+    /// server sent it.
+    CountMismatch {
+        /// The manifest's `count`.
+        expected: u64,
+        /// Lines in the file.
+        actual: u64,
+    },
+    /// A line left out of the saved file under [`InvalidLines::Report`].
+    InvalidLine {
+        /// Its 1-based line number in the server's file.
+        line: u64,
+        /// What is wrong with it.
+        kind: LineErrorKind,
+        /// Details.
+        message: String,
+    },
+}
+
+impl fmt::Display for SaveWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SaveWarning::CountMismatch { expected, actual } => write!(
+                f,
+                "the manifest says {expected} resources, the file holds {actual} lines \
+                 (saved as sent)"
+            ),
+            SaveWarning::InvalidLine {
+                line,
+                kind,
+                message,
+            } => write!(f, "line {line} left out ({kind}): {message}"),
+        }
+    }
 }
 
 /// A file written by [`BulkClient::save_export`].
@@ -135,23 +293,44 @@ pub struct SavedFile {
     pub resource_type: Option<String>,
     /// The file URL, without its query string.
     pub url: String,
-    /// Lines written (0 when skipped).
+    /// Lines written (0 when skipped), including those a resumed `.part` already held.
     pub lines: u64,
     /// Bytes written, after compression (0 when skipped).
     pub bytes: u64,
-    /// NDJSON bytes received: the lines and their line ends, before any compression (0 when
-    /// skipped). Equal to [`SavedFile::bytes`] without gzip.
+    /// NDJSON bytes of the saved lines: the lines and their line ends, before any
+    /// compression (0 when skipped). Equal to [`SavedFile::bytes`] without gzip.
     pub data_bytes: u64,
     /// Whether it existed already and was left alone.
     pub skipped: bool,
+    /// Bytes of the file kept from a `.part` of an earlier, interrupted download (0 when it
+    /// started from scratch).
+    pub resumed_bytes: u64,
+    /// What was odd about it (it was saved anyway).
+    pub warnings: Vec<SaveWarning>,
+}
+
+/// A file [`BulkClient::save_export`] could not save under [`SaveOptions::keep_going`].
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedFile {
+    /// Where it would have been saved.
+    pub path: PathBuf,
+    /// The file URL, without its query string.
+    pub url: String,
+    /// The error's message (the typed error went to [`SaveOptions::on_file`]).
+    pub message: String,
+    /// Whether its `.part` was kept for a resume (an interruption, not a permanent failure).
+    pub resumable: bool,
 }
 
 /// What [`BulkClient::save_export`] wrote.
 #[non_exhaustive]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SaveReport {
-    /// One entry per manifest file, in manifest order.
+    /// One entry per manifest file saved or skipped, in manifest order.
     pub files: Vec<SavedFile>,
+    /// With [`SaveOptions::keep_going`], the files that failed, in manifest order.
+    pub failed: Vec<FailedFile>,
 }
 
 /// The relative path each file of an export is saved under: `<Type>.<n>.ndjson` for output
@@ -198,13 +377,86 @@ fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> Error 
     }
 }
 
-/// Buffers, optionally compresses, and writes lines to a file.
+/// Whether a failed save leaves its `.part` for a resume: yes after an interruption (network,
+/// retries used up, disk, authentication), no when the file itself is wrong or gone.
+pub(crate) fn keeps_part(error: &Error) -> bool {
+    !matches!(
+        error,
+        Error::InvalidLine { .. }
+            | Error::CountMismatch { .. }
+            | Error::FileExpired { .. }
+            | Error::UnexpectedResponse { .. }
+            | Error::UntrustedOrigin { .. }
+            | Error::UnsupportedFileUrl { .. }
+            | Error::BadManifest { .. }
+            | Error::InvalidConfig { .. }
+    )
+}
+
+/// The sidecar of a `.part`: how far its whole lines got and how to continue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ResumeState {
+    /// Format version.
+    version: u32,
+    /// The file URL without its query (the `.part` belongs to this file).
+    url: String,
+    /// The `.part` bytes this state describes (more may have been written after it).
+    part_bytes: u64,
+    /// Lines and NDJSON bytes in those bytes.
+    lines: u64,
+    data_bytes: u64,
+    /// Lines counted against `count` so far (bad lines and block headers included).
+    counted: u64,
+    /// The reader's place in the server's file: offset just past the last whole line, the
+    /// number of the line starting there, lines delivered before it.
+    offset: u64,
+    line: u64,
+    lines_delivered: u64,
+    /// `ETag` / `Last-Modified` for `If-Range` when the server offers identity ranges.
+    validator: Option<String>,
+}
+
+const RESUME_VERSION: u32 = 1;
+
+fn sidecar_path(part: &Path) -> PathBuf {
+    let mut name = part.as_os_str().to_owned();
+    name.push(".resume");
+    PathBuf::from(name)
+}
+
+/// Decides whether a kept `.part` can be continued: its sidecar must be for this file, and the
+/// `.part` must hold at least the bytes the sidecar describes. Pure: no I/O.
+fn usable_resume(state: &ResumeState, url: &str, part_len: u64) -> bool {
+    state.version == RESUME_VERSION
+        && state.url == url
+        && part_len >= state.part_bytes
+        && state.line >= 1
+        && state.lines <= state.counted
+}
+
+async fn read_resume(part: &Path, url: &str) -> Option<ResumeState> {
+    let text = tokio::fs::read(sidecar_path(part)).await.ok()?;
+    let state: ResumeState = serde_json::from_slice(&text).ok()?;
+    let len = tokio::fs::metadata(part).await.ok()?.len();
+    usable_resume(&state, url, len).then_some(state)
+}
+
+async fn remove_part(part: &Path) {
+    let _ = tokio::fs::remove_file(part).await;
+    let _ = tokio::fs::remove_file(sidecar_path(part)).await;
+}
+
+/// Buffers, optionally compresses, and writes lines to a file; records how to resume it.
 struct Sink {
     file: tokio::fs::File,
     path: PathBuf,
     gzip: Option<GzEncoder<Vec<u8>>>,
     buffer: Vec<u8>,
     written: u64,
+    /// The resume state of the lines written so far (identity saves only).
+    resume: Option<ResumeState>,
+    /// The state after the last buffered line.
+    pending: Option<ResumeState>,
 }
 
 const FLUSH_AT: usize = 256 * 1024;
@@ -220,10 +472,37 @@ impl Sink {
             gzip: gzip.then(|| GzEncoder::new(Vec::new(), Compression::default())),
             buffer: Vec::with_capacity(FLUSH_AT),
             written: 0,
+            resume: None,
+            pending: None,
         })
     }
 
-    async fn line(&mut self, line: &[u8]) -> Result<()> {
+    /// Opens a kept `.part` cut to the bytes its resume state describes.
+    async fn reopen(path: &Path, state: &ResumeState) -> Result<Sink> {
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .await
+            .map_err(|e| io_error("opening", path, e))?;
+        file.set_len(state.part_bytes)
+            .await
+            .map_err(|e| io_error("truncating", path, e))?;
+        tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::End(0))
+            .await
+            .map_err(|e| io_error("seeking", path, e))?;
+        Ok(Sink {
+            file,
+            path: path.to_owned(),
+            gzip: None,
+            buffer: Vec::with_capacity(FLUSH_AT),
+            written: state.part_bytes,
+            resume: Some(state.clone()),
+            pending: None,
+        })
+    }
+
+    /// Buffers one line; `state` is the resume state once it is written.
+    async fn line(&mut self, line: &[u8], state: Option<ResumeState>) -> Result<()> {
         match &mut self.gzip {
             Some(encoder) => {
                 let path = &self.path;
@@ -239,13 +518,29 @@ impl Sink {
             None => {
                 self.buffer.extend_from_slice(line);
                 self.buffer.push(b'\n');
+                self.pending = state;
                 if self.buffer.len() >= FLUSH_AT {
-                    let chunk = std::mem::take(&mut self.buffer);
-                    self.write(&chunk).await?;
-                    self.buffer = chunk;
-                    self.buffer.clear();
+                    self.flush().await?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered lines, then records how to resume after them.
+    async fn flush(&mut self) -> Result<()> {
+        let chunk = std::mem::take(&mut self.buffer);
+        self.write(&chunk).await?;
+        self.buffer = chunk;
+        self.buffer.clear();
+        if let Some(mut state) = self.pending.take() {
+            state.part_bytes = self.written;
+            let sidecar = sidecar_path(&self.path);
+            let text = serde_json::to_vec(&state).unwrap_or_default();
+            tokio::fs::write(&sidecar, text)
+                .await
+                .map_err(|e| io_error("writing", &sidecar, e))?;
+            self.resume = Some(state);
         }
         Ok(())
     }
@@ -275,63 +570,30 @@ impl Sink {
     }
 }
 
+/// Counters of one save.
+#[derive(Default)]
+struct Tally {
+    lines: u64,
+    data_bytes: u64,
+    warnings: Vec<SaveWarning>,
+}
+
 impl BulkClient {
-    /// Downloads one file to `path` (written as `path` + `.part`, renamed when complete).
+    /// Downloads one file to `path` (written as `path` + `.part`, renamed when complete and
+    /// checked), continuing a `.part` an interrupted earlier download left (see the
+    /// [module documentation](self)).
     pub async fn save_file(
         &self,
         file: &ExportFile,
         path: &Path,
         options: &SaveOptions,
     ) -> Result<SavedFile> {
-        let saved = |lines, bytes, data_bytes, skipped| SavedFile {
-            path: path.to_owned(),
-            kind: file.kind,
-            resource_type: file.file.resource_type.clone(),
-            url: redact_url_str(&file.file.url),
-            lines,
-            bytes,
-            data_bytes,
-            skipped,
-        };
-        if options.skip_existing && tokio::fs::try_exists(path).await.unwrap_or(false) {
-            return Ok(saved(0, 0, 0, true));
-        }
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| io_error("creating directory", parent, e))?;
-        }
-        let mut part = path.as_os_str().to_owned();
-        part.push(".part");
-        let part = PathBuf::from(part);
-        let mut sink = Sink::create(&part, options.gzip).await?;
-        let mut lines = self.download_lines(file, &options.download);
-        let mut count = 0u64;
-        let mut data_bytes = 0u64;
-        let mut reported = 0u64;
-        while let Some(line) = lines.try_next().await? {
-            sink.line(&line.resource).await?;
-            count += 1;
-            data_bytes += line.resource.len() as u64 + 1;
-            if let Some(progress) = &options.on_progress
-                && data_bytes - reported >= PROGRESS_EVERY_BYTES
-            {
-                reported = data_bytes;
-                progress(path, count, data_bytes);
-            }
-        }
-        let bytes = sink.finish().await?;
-        if let Some(progress) = &options.on_progress {
-            progress(path, count, data_bytes);
-        }
-        tokio::fs::rename(&part, path)
-            .await
-            .map_err(|e| io_error("renaming", &part, e))?;
-        Ok(saved(count, bytes, data_bytes, false))
+        save_one(self.clone(), file.clone(), path.to_owned(), options.clone()).await
     }
 
     /// Downloads every file of an export (output, error and deleted, all manifest pages)
-    /// into `dir`, named by [`file_names`], [`DownloadOptions::concurrency`] at a time.
+    /// into `dir`, named by [`file_names`], [`DownloadOptions::concurrency`] at a time,
+    /// telling [`SaveOptions::on_file`] about each. The future is `Send`: it can be spawned.
     pub async fn save_export(
         &self,
         export: &CompletedExport,
@@ -340,15 +602,295 @@ impl BulkClient {
     ) -> Result<SaveReport> {
         let jobs = file_names(export, options.gzip);
         let concurrency = options.download.concurrency.max(1);
-        let files = futures::stream::iter(jobs.iter().map(|(file, name)| {
+        let keep_going = options.keep_going;
+        let futures = jobs.into_iter().map(|(file, name)| {
+            let client = self.clone();
             let path = dir.join(name);
-            async move { self.save_file(file, &path, options).await }
-        }))
-        .buffered(concurrency)
-        .try_collect()
-        .await?;
-        Ok(SaveReport { files })
+            let options = options.clone();
+            let job: BoxFuture<'static, (ExportFile, PathBuf, Result<SavedFile>)> =
+                Box::pin(async move {
+                    let result = save_reported(client, file.clone(), path.clone(), options).await;
+                    (file, path, result)
+                });
+            job
+        });
+        let mut results = futures::stream::iter(futures).buffered(concurrency);
+        let mut report = SaveReport::default();
+        while let Some((file, path, result)) = results.next().await {
+            match result {
+                Ok(saved) => report.files.push(saved),
+                Err(error) if keep_going => report.failed.push(FailedFile {
+                    path,
+                    url: redact_url_str(&file.file.url),
+                    message: error.to_string(),
+                    resumable: keeps_part(&error),
+                }),
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(report)
     }
+}
+
+/// One file of [`BulkClient::save_export`]: skipped or saved, with the hook told.
+async fn save_reported(
+    client: BulkClient,
+    file: ExportFile,
+    path: PathBuf,
+    options: SaveOptions,
+) -> Result<SavedFile> {
+    let hook = options.on_file.clone();
+    if let Some(skip) = &options.skip
+        && skip(&file, &path)
+    {
+        let saved = saved_file(&file, &path, Tally::default(), 0, 0, true);
+        if let Some(hook) = &hook {
+            hook(&SaveEvent::Finished(&saved));
+        }
+        return Ok(saved);
+    }
+    if let Some(hook) = &hook {
+        hook(&SaveEvent::Started {
+            file: &file,
+            path: &path,
+        });
+    }
+    let result = save_one(client, file.clone(), path.clone(), options).await;
+    if let Some(hook) = &hook {
+        match &result {
+            Ok(saved) => hook(&SaveEvent::Finished(saved)),
+            Err(error) => hook(&SaveEvent::Failed {
+                file: &file,
+                path: &path,
+                error,
+            }),
+        }
+    }
+    result
+}
+
+fn saved_file(
+    file: &ExportFile,
+    path: &Path,
+    tally: Tally,
+    bytes: u64,
+    resumed_bytes: u64,
+    skipped: bool,
+) -> SavedFile {
+    SavedFile {
+        path: path.to_owned(),
+        kind: file.kind,
+        resource_type: file.file.resource_type.clone(),
+        url: redact_url_str(&file.file.url),
+        lines: tally.lines,
+        bytes,
+        data_bytes: tally.data_bytes,
+        skipped,
+        resumed_bytes,
+        warnings: tally.warnings,
+    }
+}
+
+/// Saves one file (owned arguments, so the future is `Send + 'static`).
+async fn save_one(
+    client: BulkClient,
+    file: ExportFile,
+    path: PathBuf,
+    options: SaveOptions,
+) -> Result<SavedFile> {
+    if options.skip_existing && tokio::fs::try_exists(&path).await.unwrap_or(false) {
+        return Ok(saved_file(&file, &path, Tally::default(), 0, 0, true));
+    }
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| io_error("creating directory", parent, e))?;
+    }
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    let url = redact_url_str(&file.file.url);
+    let resume = if options.gzip {
+        None
+    } else {
+        read_resume(&part, &url).await
+    };
+    let result = match save_attempt(&client, &file, &path, &part, &options, resume.as_ref()).await {
+        // A range past the end of what an earlier run kept (it had every line): start over.
+        Err(Error::UnexpectedResponse { response, .. })
+            if resume.is_some() && response.status == 416 =>
+        {
+            save_attempt(&client, &file, &path, &part, &options, None).await
+        }
+        other => other,
+    };
+    if let Err(error) = &result
+        && !keeps_part(error)
+    {
+        remove_part(&part).await;
+    }
+    result
+}
+
+async fn save_attempt(
+    client: &BulkClient,
+    file: &ExportFile,
+    path: &Path,
+    part: &Path,
+    options: &SaveOptions,
+    resume: Option<&ResumeState>,
+) -> Result<SavedFile> {
+    let download = &options.download;
+    let info = info_for(file);
+    let mut request = request_for(file)?;
+    let (mut sink, mut tally, start) = match resume {
+        Some(state) => {
+            let sink = Sink::reopen(part, state).await?;
+            let tally = Tally {
+                lines: state.lines,
+                data_bytes: state.data_bytes,
+                warnings: Vec::new(),
+            };
+            let checkpoint = Checkpoint {
+                offset: state.offset,
+                line: state.line,
+                lines_delivered: state.lines_delivered,
+            };
+            request.resume = state
+                .validator
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok())
+                .map(|validator| ResumeFrom {
+                    offset: state.offset,
+                    validator,
+                });
+            let start = LineStart {
+                checkpoint: Some(checkpoint),
+                ranged: request.resume.is_some(),
+                counted: state.counted,
+            };
+            (sink, tally, start)
+        }
+        None => {
+            let _ = tokio::fs::remove_file(sidecar_path(part)).await;
+            (
+                Sink::create(part, options.gzip).await?,
+                Tally::default(),
+                LineStart::default(),
+            )
+        }
+    };
+    let resumed_bytes = resume.map_or(0, |s| s.part_bytes);
+    let expected = info
+        .resource_type
+        .as_deref()
+        .filter(|_| download.check_resource_type && file.organized_by.is_none())
+        .map(str::to_owned);
+    let lines = line_stream_from(
+        client.inner.clone(),
+        request,
+        info.clone(),
+        download.clone(),
+        start,
+    );
+    futures::pin_mut!(lines);
+    let mut validator: Option<String> = resume.and_then(|s| s.validator.clone());
+    let mut reported = 0u64;
+    let mut counted = start.counted;
+    loop {
+        let Some(next) = lines.next().await else {
+            break;
+        };
+        let line = match next {
+            Ok(LineEvent::Line(line)) => line,
+            Ok(LineEvent::Representation { resumable }) => {
+                validator = resumable.and_then(|v| v.to_str().ok().map(str::to_owned));
+                continue;
+            }
+            Ok(LineEvent::End { counted: total }) => {
+                counted = total;
+                break;
+            }
+            Err(Error::InvalidLine {
+                line,
+                kind,
+                message,
+                ..
+            }) if download.invalid_lines == InvalidLines::Report => {
+                tally.warnings.push(SaveWarning::InvalidLine {
+                    line,
+                    kind,
+                    message,
+                });
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        let bytes = line.line.bytes();
+        if !line.header
+            && let Err(err) = check_raw_line(bytes, expected.as_deref())
+        {
+            let error = line_error(&info, line.line.number(), err);
+            match (download.invalid_lines, error) {
+                (
+                    InvalidLines::Report,
+                    Error::InvalidLine {
+                        line,
+                        kind,
+                        message,
+                        ..
+                    },
+                ) => {
+                    tally.warnings.push(SaveWarning::InvalidLine {
+                        line,
+                        kind,
+                        message,
+                    });
+                    continue;
+                }
+                (_, error) => return Err(error),
+            }
+        }
+        tally.lines += 1;
+        tally.data_bytes += bytes.len() as u64 + 1;
+        let state = (!options.gzip).then(|| ResumeState {
+            version: RESUME_VERSION,
+            url: info.url.clone(),
+            part_bytes: 0,
+            lines: tally.lines,
+            data_bytes: tally.data_bytes,
+            counted: line.counted,
+            offset: line.after.offset,
+            line: line.after.line,
+            lines_delivered: line.after.lines_delivered,
+            validator: validator.clone(),
+        });
+        sink.line(bytes, state).await?;
+        if let Some(progress) = &options.on_progress
+            && tally.data_bytes - reported >= PROGRESS_EVERY_BYTES
+        {
+            reported = tally.data_bytes;
+            progress(path, tally.lines, tally.data_bytes);
+        }
+    }
+    match check_count(&info, download.check_count, counted) {
+        Ok(Some(Error::CountMismatch {
+            expected, actual, ..
+        })) => tally
+            .warnings
+            .push(SaveWarning::CountMismatch { expected, actual }),
+        Ok(_) => {}
+        Err(error) => return Err(error),
+    }
+    let bytes = sink.finish().await?;
+    if let Some(progress) = &options.on_progress {
+        progress(path, tally.lines, tally.data_bytes);
+    }
+    tokio::fs::rename(part, path)
+        .await
+        .map_err(|e| io_error("renaming", part, e))?;
+    let _ = tokio::fs::remove_file(sidecar_path(part)).await;
+    Ok(saved_file(file, path, tally, bytes, resumed_bytes, false))
 }
 
 #[cfg(test)]
