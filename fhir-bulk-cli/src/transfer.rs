@@ -131,8 +131,19 @@ impl<'a> Downloads<'a> {
         export: &CompletedExport,
         state: &mut StateFile,
     ) -> (usize, usize) {
+        let names = file_names(export, self.options.gzip);
+        self.offer_named(export, names, state)
+    }
+
+    /// [`Downloads::offer`] with the files' names already made.
+    fn offer_named(
+        &mut self,
+        export: &CompletedExport,
+        names: Vec<(ExportFile, PathBuf)>,
+        state: &mut StateFile,
+    ) -> (usize, usize) {
         let (mut queued, mut skipped) = (0, 0);
-        for (file, relative) in file_names(export, self.options.gzip) {
+        for (file, relative) in names {
             let key = state::key(&relative);
             let url = fhir_bulk::redact_url_str(&file.file.url);
             if let Some(seen) = self.offered.get(&key) {
@@ -280,20 +291,18 @@ impl<'a> Downloads<'a> {
         state.state.phase = state::Phase::Downloading;
         state.state.transaction_time = Some(export.transaction_time().to_owned());
         // Forget records of files this manifest does not list (an earlier manifest's).
-        let listed: HashSet<String> = file_names(export, self.options.gzip)
-            .iter()
-            .map(|(_, rel)| state::key(rel))
-            .collect();
+        let names = file_names(export, self.options.gzip);
+        let listed: HashSet<String> = names.iter().map(|(_, rel)| state::key(rel)).collect();
         state.state.files.retain(|key, _| listed.contains(key));
+        drop(listed);
         state.save()?;
         let early = self.offered.len();
-        let (queued, skipped) = self.offer(export, state);
+        let (queued, skipped) = self.offer_named(export, names, state);
         let running = self.running.len() + self.queue.len() - queued;
         if early > 0 {
             self.reporter.info(&format!(
-                "{} files were offered by partial manifests ({} still downloading); \
-                 downloading the other {queued}",
-                early, running
+                "the export is complete: {early} file(s) came with partial manifests ({running} \
+                 still downloading), {queued} more to download"
             ));
         } else if skipped > 0 {
             self.reporter.info(&format!(

@@ -2,6 +2,7 @@
 //! and no more, and with partial manifests the files are downloaded while the job runs.
 
 #[path = "cli/support.rs"]
+#[allow(dead_code)] // each test file uses some of the helpers
 mod support;
 
 use fhir_bulk_test_server::TestServer;
@@ -11,6 +12,7 @@ use support::*;
 /// Runs `fhir-bulk download <manifest> --output-dir <out>` to completion; returns its peak
 /// resident set size in bytes (from `wait4`, for this child alone).
 #[cfg(target_os = "linux")]
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
 fn download_peak_rss(manifest: &Path, out: &Path) -> u64 {
     let child = std::process::Command::new(BIN)
         .args(["download", s(manifest), "--output-dir", s(out), "--quiet"])

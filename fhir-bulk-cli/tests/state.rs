@@ -4,6 +4,7 @@
 //! unrecorded export are never mixed in, and `--max-poll-interval` caps a 429's Retry-After.
 
 #[path = "cli/support.rs"]
+#[allow(dead_code)] // each test file uses some of the helpers
 mod support;
 
 use fhir_bulk_test_server::{Fault, TestServer};
