@@ -110,8 +110,8 @@ pub(crate) struct PollArgs {
     )]
     pub(crate) retry_after_unit: RetryAfterUnitArg,
 
-    /// The longest wait between two status polls, in seconds (decimals allowed), whatever
-    /// Retry-After says. Default 300.
+    /// The longest wait between two status polls, and the longest wait any Retry-After may
+    /// impose (a 429 included), in seconds (decimals allowed). Default 300.
     #[arg(long, value_name = "SECS", value_parser = parse_seconds, help_heading = "Transfer")]
     pub(crate) max_poll_interval: Option<f64>,
 }
@@ -246,7 +246,8 @@ pub(crate) struct ExportArgs {
     #[arg(long, value_name = "TYPE", help_heading = "Kick-off parameters")]
     pub(crate) organize_output_by: Option<String>,
 
-    /// Another kick-off parameter, passed through (repeatable).
+    /// Another kick-off parameter, passed through (repeatable); any name, the standard ones
+    /// included (e.g. `allowPartialManifests=true`).
     #[arg(
         long = "param",
         value_name = "NAME=VALUE",
@@ -258,6 +259,12 @@ pub(crate) struct ExportArgs {
     /// Ask the server to ignore parameters it does not support (Prefer: handling=lenient).
     #[arg(long, help_heading = "Kick-off parameters")]
     pub(crate) lenient: bool,
+
+    // Flags of the state/scale work (journal, lock, partial manifests) start here.
+    /// Ask for partial manifests (allowPartialManifests=true) and download their files while
+    /// the export still runs, so its completion costs only the last files.
+    #[arg(long, help_heading = "Kick-off parameters")]
+    pub(crate) allow_partial_manifests: bool,
 
     /// Authorization and headers.
     #[command(flatten)]

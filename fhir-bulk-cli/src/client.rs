@@ -3,7 +3,7 @@
 use crate::args::{PollArgs, RetryAfterUnitArg, ServerArgs};
 use crate::auth;
 use crate::error::{CliError, from_lib};
-use fhir_bulk::{BulkClient, PollPolicy, RetryAfterUnit};
+use fhir_bulk::{BulkClient, PollPolicy, RetryAfterUnit, RetryPolicy};
 use std::time::Duration;
 
 /// A client for the FHIR server at `base`, with the auth, headers, trusted origins and poll
@@ -13,7 +13,9 @@ pub(crate) fn build(
     server: &ServerArgs,
     poll: &PollArgs,
 ) -> Result<BulkClient, CliError> {
-    let mut builder = BulkClient::builder(base).poll_policy(poll_policy(poll));
+    let mut builder = BulkClient::builder(base)
+        .poll_policy(poll_policy(poll))
+        .retry_policy(retry_policy(poll));
     if let Some(provider) = auth::provider(server)? {
         builder = builder.auth_arc(provider);
     }
@@ -43,6 +45,19 @@ pub(crate) fn poll_policy(poll: &PollArgs) -> PollPolicy {
     policy
 }
 
+/// The retry policy: the library's defaults, with the longest Retry-After honoured (a 429's or
+/// a 503's, on any request) capped at `--max-poll-interval`.
+pub(crate) fn retry_policy(poll: &PollArgs) -> RetryPolicy {
+    let policy = RetryPolicy::default();
+    match poll.max_poll_interval {
+        Some(secs) => {
+            let max = Duration::from_secs_f64(secs).min(policy.max_retry_after);
+            policy.with_max_retry_after(max)
+        }
+        None => policy,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +72,11 @@ mod tests {
         assert_eq!(policy.initial_delay, Duration::from_millis(500));
         assert_eq!(policy.retry_after_unit, RetryAfterUnit::Milliseconds);
         assert_eq!(poll_policy(&PollArgs::default()), PollPolicy::default());
+        let capped = retry_policy(&PollArgs {
+            retry_after_unit: RetryAfterUnitArg::Seconds,
+            max_poll_interval: Some(0.5),
+        });
+        assert_eq!(capped.max_retry_after, Duration::from_millis(500));
+        assert_eq!(retry_policy(&PollArgs::default()), RetryPolicy::default());
     }
 }

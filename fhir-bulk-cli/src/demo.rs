@@ -48,6 +48,7 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<(), CliError> {
         organize_output_by: None,
         params: Vec::new(),
         lenient: false,
+        allow_partial_manifests: false,
         server: ServerArgs {
             token: Some(SecretString::new(token)),
             ..ServerArgs::default()

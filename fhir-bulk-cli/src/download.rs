@@ -67,8 +67,15 @@ pub(crate) async fn run(args: &DownloadArgs) -> Result<(), CliError> {
             format!("cannot create {}: {e}", dir.display()),
         )
     })?;
+    let _lock = crate::lock::DirLock::acquire(dir)?;
     let reporter = Reporter::new(&args.output);
-    let state = StateFile::load(dir)?.unwrap_or_else(|| JobState::new(Phase::Downloading));
+    let state = match StateFile::load(dir)? {
+        Some(state) => state,
+        None => {
+            export::refuse_unrecorded_files(dir, "remove them")?;
+            JobState::new(Phase::Downloading)
+        }
+    };
     let mut state = StateFile::new(dir, state);
     let log = export::open_log(dir, &state.state.export_id)?;
     let source = args.source.trim();
@@ -83,7 +90,7 @@ pub(crate) async fn run(args: &DownloadArgs) -> Result<(), CliError> {
         let client = client::build(&base, &args.server, &args.poll)?;
         let job = client.job_at(source).map_err(from_lib)?;
         reporter.milestone(&format!("polling {}", job.status_url()));
-        let export = export::wait(&job, &mut state, &log, &reporter).await?;
+        let export = export::wait(&job, &state, &log, &reporter).await?;
         log::manifest_events(&log, &export);
         manifest::write(dir, &export)?;
         state.state.job = Some(job.handle().clone());

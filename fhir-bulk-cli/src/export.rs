@@ -5,14 +5,17 @@
 use crate::args::ExportArgs;
 use crate::client;
 use crate::error::{CliError, describe, from_lib};
+use crate::lock::DirLock;
 use crate::log::{self, EventLog};
 use crate::manifest;
 use crate::progress::Reporter;
 use crate::request;
-use crate::state::{JobState, Phase, StateFile};
+use crate::state::{self, JobState, Phase, StateFile};
 use crate::summary::Summary;
-use crate::transfer;
-use fhir_bulk::{BulkClient, Error, ExportJob, ExportRequest, KickoffMethod, Progress};
+use crate::transfer::{self, Downloads};
+use fhir_bulk::{
+    BulkClient, CompletedExport, Error, ExportJob, ExportRequest, KickoffMethod, Manifest, Progress,
+};
 use serde_json::{Map, Value, json};
 use std::path::Path;
 use std::time::Instant;
@@ -45,14 +48,22 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
             format!("cannot create {}: {e}", dir.display()),
         )
     })?;
+    let _lock = DirLock::acquire(dir)?;
     let reporter = Reporter::new(&args.output);
     let existing = match StateFile::load(dir)? {
         Some(old) if args.fresh => {
-            discard(dir, &old, &reporter)?;
+            discard(dir, Some(&old), &reporter)?;
+            None
+        }
+        None if args.fresh => {
+            discard(dir, None, &reporter)?;
             None
         }
         other => other,
     };
+    if existing.is_none() {
+        refuse_unrecorded_files(dir, "pass --fresh to remove them")?;
+    }
     let (mut state, job) = match existing {
         Some(old) if old.is_export_of(&base, &request) => {
             if old.phase == Phase::Complete {
@@ -88,7 +99,12 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
         None => kick_off(&client, &request, dir, &reporter).await?,
     };
     let log = open_log(dir, &state.state.export_id)?;
-    let export = wait(&job, &mut state, &log, &reporter).await?;
+    let mut downloads = Downloads::new(&client, dir, &args.output, &log, &reporter);
+    let export = if request::wants_partial_manifests(&request) {
+        wait_downloading(&job, &mut state, &mut downloads, &log, &reporter).await?
+    } else {
+        wait(&job, &state, &log, &reporter).await?
+    };
     log::manifest_events(&log, &export);
     manifest::write(dir, &export)?;
     reporter.milestone(&format!(
@@ -96,16 +112,7 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
         export.all_files().len(),
         export.transaction_time()
     ));
-    let report = transfer::download(
-        &client,
-        &export,
-        dir,
-        &args.output,
-        &mut state,
-        &log,
-        &reporter,
-    )
-    .await?;
+    let report = downloads.finish(&export, &mut state).await?;
     let issues = transfer::conclude(
         &report,
         dir,
@@ -285,14 +292,73 @@ fn request_parameters(request: &ExportRequest) -> Value {
 /// place the job is recorded.
 pub(crate) async fn wait(
     job: &ExportJob,
-    state: &mut StateFile,
+    state: &StateFile,
     log: &EventLog,
     reporter: &Reporter,
-) -> Result<fhir_bulk::CompletedExport, CliError> {
+) -> Result<CompletedExport, CliError> {
+    wait_reporting(job, state.path(), log, reporter, |_| {}).await
+}
+
+/// Polls until the export is complete while downloading the files of the partial manifests
+/// that arrive (`allowPartialManifests`); the downloads still running or queued at the end
+/// stay in `downloads`. A partial manifest with a `next` link ends the early downloads (the
+/// pages behind it are fetched by the library, so the names of later files are only known at
+/// completion): the rest waits for the complete export.
+async fn wait_downloading(
+    job: &ExportJob,
+    state: &mut StateFile,
+    downloads: &mut Downloads<'_>,
+    log: &EventLog,
+    reporter: &Reporter,
+) -> Result<CompletedExport, CliError> {
+    let (pages_tx, mut pages_rx) = tokio::sync::mpsc::unbounded_channel::<Manifest>();
+    let state_path = state.path().to_path_buf();
+    let waiting = wait_reporting(job, &state_path, log, reporter, move |page| {
+        let _ = pages_tx.send(page.clone());
+    });
+    tokio::pin!(waiting);
+    let mut pages: Vec<Manifest> = Vec::new();
+    let mut chained = false;
+    loop {
+        tokio::select! {
+            result = &mut waiting => return result,
+            Some(page) = pages_rx.recv() => {
+                if chained || pages.last().is_some_and(|last| last.raw() == page.raw()) {
+                    continue;
+                }
+                chained = page.next_link().is_some();
+                pages.push(page);
+                let partial = CompletedExport::from_manifests(job.status_url().clone(), pages);
+                let (queued, _) = downloads.offer(&partial, state);
+                pages = partial.manifests;
+                if queued > 0 {
+                    reporter.info(&format!(
+                        "a partial manifest lists {queued} new file(s): downloading them while \
+                         the export runs"
+                    ));
+                }
+            }
+            Some(result) = downloads.next(state), if downloads.busy() => result?,
+        }
+    }
+}
+
+/// Polls until the export is complete, logging every answer and passing every partial
+/// manifest to `on_partial`. Errors name `state_path` as the place the job is recorded.
+async fn wait_reporting(
+    job: &ExportJob,
+    state_path: &Path,
+    log: &EventLog,
+    reporter: &Reporter,
+    mut on_partial: impl FnMut(&Manifest),
+) -> Result<CompletedExport, CliError> {
     reporter.polling();
     let mut polls = 0u32;
     let result = job
         .wait_with(|progress: &Progress| {
+            if let Some(page) = &progress.partial_manifest {
+                on_partial(page);
+            }
             polls += 1;
             log.event(
                 "status_progress",
@@ -316,14 +382,14 @@ pub(crate) async fn wait(
                     "the export job recorded in {} is gone from the server (deleted, \
                      cancelled or expired): {}. Start a new export with --fresh (or delete \
                      that file)",
-                    state.path().display(),
+                    state_path.display(),
                     describe(&error)
                 ),
                 e if e.is_retryable() => format!(
                     "{}. The job is still recorded in {}: run the same command again to \
                      resume polling",
                     describe(e),
-                    state.path().display()
+                    state_path.display()
                 ),
                 e => format!(
                     "{}. Start a new export with --fresh once the problem is fixed",
@@ -364,9 +430,32 @@ pub(crate) async fn finish_job(
     }
 }
 
-/// `--fresh`: removes what an earlier export left (its files, manifest pages, `.part` files
-/// and state); the log is kept.
-fn discard(dir: &Path, old: &JobState, reporter: &Reporter) -> Result<(), CliError> {
+/// Refuses a directory without a job state that holds files named like an export's: they
+/// belong to an export this directory has no record of, and downloading into it would replace
+/// some of them and keep the others. `advice` says how to clear them.
+pub(crate) fn refuse_unrecorded_files(dir: &Path, advice: &str) -> Result<(), CliError> {
+    let found = state::export_like_files(dir);
+    let Some(first) = found.first() else {
+        return Ok(());
+    };
+    Err(CliError::usage(
+        "--output-dir",
+        format!(
+            "{} holds {} file(s) named like an export's ({first}{}) but no job state ({}), \
+             so they are not from an export fhir-bulk can resume and would be mixed with this \
+             one; {advice}, or use another --output-dir",
+            dir.display(),
+            found.len(),
+            if found.len() > 1 { ", ..." } else { "" },
+            state::STATE_FILE,
+        ),
+    ))
+}
+
+/// `--fresh`: removes what an earlier export left (the files its state records, every file
+/// named like an export's, manifest pages, `.part` files, the state and its journal); the log
+/// is kept. Only paths inside `dir` are touched: the state's keys were checked on load.
+fn discard(dir: &Path, old: Option<&JobState>, reporter: &Reporter) -> Result<(), CliError> {
     let remove = |path: &Path| match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CliError::Failed(format!(
             "--fresh: cannot remove {}: {e}",
@@ -374,8 +463,13 @@ fn discard(dir: &Path, old: &JobState, reporter: &Reporter) -> Result<(), CliErr
         ))),
         _ => Ok(()),
     };
-    for key in old.files.keys() {
-        remove(&dir.join(key))?;
+    if let Some(old) = old {
+        for key in old.files.keys().filter(|k| state::is_safe_key(k)) {
+            remove(&dir.join(key))?;
+        }
+    }
+    for relative in state::export_like_files(dir) {
+        remove(&dir.join(relative))?;
     }
     let mut n = 1;
     while dir.join(manifest::page_name(n)).exists() {
@@ -394,7 +488,9 @@ fn discard(dir: &Path, old: &JobState, reporter: &Reporter) -> Result<(), CliErr
     }
     StateFile::remove(dir)
         .map_err(|e| CliError::Failed(format!("--fresh: cannot remove the job state: {e}")))?;
-    if let (Some(job), false) = (&old.job, old.job_deleted || old.phase == Phase::Complete) {
+    if let Some(old) = old
+        && let (Some(job), false) = (&old.job, old.job_deleted || old.phase == Phase::Complete)
+    {
         reporter.warn(&format!(
             "the earlier export job is left on the server; cancel it with `fhir-bulk cancel {}`",
             job.status_url

@@ -13,7 +13,8 @@
 //!
 //! One module per job: [`args`] (the command line), [`auth`] and [`client`] (the library
 //! client from the flags), [`request`] (the kick-off), [`export`] (the export flow),
-//! [`transfer`] (downloading files), [`state`] (the job state file and resume), [`log`]
+//! [`transfer`] (downloading files), [`state`] (the job state and its journal, resume),
+//! [`lock`] (one process per output directory), [`log`]
 //! (`log.ndjson`), [`manifest`] (`manifest.json`), [`outcomes`] (error-file severities),
 //! [`progress`] (bars or plain lines), [`summary`] (the final table), [`status`] (`status`
 //! and `cancel`), [`download`] (`download`), [`demo`] (`demo`), [`signal`], [`time`],
@@ -26,6 +27,7 @@ mod demo;
 mod download;
 mod error;
 mod export;
+mod lock;
 mod log;
 mod manifest;
 mod out;

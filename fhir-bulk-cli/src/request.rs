@@ -60,11 +60,65 @@ pub(crate) fn build(args: &ExportArgs) -> Result<ExportRequest, CliError> {
         request = request.organize_output_by(by.trim());
     }
     for (name, value) in &args.params {
-        request = request.param(name, value.as_str());
+        request = pass_through(request, name, value)?;
+    }
+    if args.allow_partial_manifests {
+        request = request.allow_partial_manifests(true);
     }
     request = request.lenient(args.lenient);
     request.validate().map_err(from_lib)?;
     Ok(request)
+}
+
+/// Whether the request asks for partial manifests (`--allow-partial-manifests`, or
+/// `--param allowPartialManifests=true`).
+pub(crate) fn wants_partial_manifests(request: &ExportRequest) -> bool {
+    request
+        .query_pairs()
+        .iter()
+        .any(|(name, value)| name == "allowPartialManifests" && value == "true")
+}
+
+/// `--param NAME=VALUE`: any name is passed through. The standard parameters go through the
+/// library's setter for them (the wire is the same, and the request's checks apply); every
+/// other name as given.
+fn pass_through(
+    request: ExportRequest,
+    name: &str,
+    value: &str,
+) -> Result<ExportRequest, CliError> {
+    let v = value.trim();
+    let list = || {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    Ok(match name {
+        "_type" => request.types(list()),
+        "_elements" => request.elements(list()),
+        "_since" => request.since(v),
+        "_until" => request.until(v),
+        "_outputFormat" => request.output_format(v),
+        "_typeFilter" => request.type_filter(v),
+        "organizeOutputBy" => request.organize_output_by(v),
+        "includeAssociatedData" => list()
+            .into_iter()
+            .fold(request, |r, code| r.include_associated_data(code)),
+        "patient" => request.post().patient(v),
+        "allowPartialManifests" => match v {
+            "true" => request.allow_partial_manifests(true),
+            "false" => request.allow_partial_manifests(false),
+            _ => {
+                return Err(CliError::usage(
+                    "--param",
+                    format!("allowPartialManifests takes `true` or `false`, not `{v}`"),
+                ));
+            }
+        },
+        _ => request.param(name, value),
+    })
 }
 
 fn non_empty(values: &[String]) -> Vec<&str> {

@@ -1,19 +1,49 @@
-//! The job state file (`fhir-bulk-job.json` in the output directory): which export the
-//! directory holds, its status URL, and which files are complete. Written atomically (a
-//! temporary file renamed over it) after the kick-off, when the manifest arrives, after every
-//! completed file and at the end, so an interrupted run can be resumed.
+//! The job state of one output directory: which export the directory holds, its status URL,
+//! and which files are complete.
+//!
+//! Two files: `fhir-bulk-job.json`, a compact header (the whole state, written atomically: a
+//! synced temporary file renamed over it), and `fhir-bulk-job.journal`, one JSON line appended
+//! per completed file. Finishing a file costs one small append, whatever the number of files:
+//! the header is rewritten (compacted, and the journal emptied) only when the journal would hold
+//! more records than the header, so the header at least doubles between two rewrites and the
+//! bytes written for the state stay proportional to the number of files (about twice the final
+//! header), and at the milestones (kick-off, manifest, end of the downloads, start-up).
+//!
+//! Crash safety: a journal line is written with one `write` after the file it records was
+//! renamed to its final name, so a kill at any moment leaves at most a torn last line, which
+//! loading ignores (the file it would have recorded is downloaded again). A file is trusted as
+//! complete only when it exists with the recorded size. Durability against a power cut: the
+//! library syncs each file's data before the rename; the journal and the directories that
+//! received files are synced in batches on a blocking task (every [`SYNC_EVERY`] records or
+//! [`SYNC_INTERVAL`]), never on a download's path, and at every header write.
+//!
+//! Every path the state names is checked on load: relative, `/`-separated, no `..`, `.` or
+//! empty component, no drive or root, so nothing the state says can reach outside the output
+//! directory.
 
 use crate::error::CliError;
 use fhir_bulk::{ExportRequest, FileKind, JobHandle};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// The state file's name.
 pub(crate) const STATE_FILE: &str = "fhir-bulk-job.json";
 
+/// The journal's name.
+pub(crate) const JOURNAL_FILE: &str = "fhir-bulk-job.journal";
+
 /// The version of the state file's format.
 const FORMAT: u32 = 1;
+
+/// Journal records between two background syncs.
+pub(crate) const SYNC_EVERY: usize = 256;
+
+/// The longest time between two background syncs while files complete.
+pub(crate) const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where an export stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +72,15 @@ pub(crate) struct FileRecord {
     pub(crate) bytes: u64,
     /// NDJSON bytes before compression.
     pub(crate) data_bytes: u64,
+}
+
+/// One journal line: a file recorded complete under `key`.
+#[derive(Debug, Serialize, Deserialize)]
+struct JournalRecord {
+    /// The file's path relative to the output directory.
+    key: String,
+    #[serde(flatten)]
+    record: FileRecord,
 }
 
 /// What the state file holds.
@@ -112,12 +151,51 @@ fn new_export_id() -> String {
         .collect()
 }
 
-/// The state file of one output directory.
+/// Whether a state key is a safe relative path: `/`-separated components, none empty, `.`
+/// or `..`, no backslash, colon or NUL (no Windows drive or separator), not absolute. Joined to
+/// the output directory it names a path inside it.
+pub(crate) fn is_safe_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.contains(['\\', ':', '\0'])
+        && key
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && Path::new(key).is_relative()
+}
+
+/// The error for a state naming a path outside the directory.
+fn unsafe_key(path: &Path, key: &str) -> CliError {
+    CliError::usage(
+        "--output-dir",
+        format!(
+            "{} names the file `{}`, which is not a path inside the output directory \
+             (absolute, or with `..`); fhir-bulk never writes such a state, so it was altered. \
+             Nothing was changed or deleted: check it and delete it by hand (with {JOURNAL_FILE} \
+             beside it), or use another --output-dir",
+            path.display(),
+            key.escape_debug()
+        ),
+    )
+}
+
+/// The state file of one output directory, with its journal.
 #[derive(Debug)]
 pub(crate) struct StateFile {
     path: PathBuf,
-    /// The state; written by [`StateFile::save`].
+    dir: PathBuf,
+    /// The state; written by [`StateFile::save`] and [`StateFile::record`].
     pub(crate) state: JobState,
+    /// The open journal, once a record was appended since the last header write.
+    journal: Option<File>,
+    /// Records in the journal.
+    journal_records: usize,
+    /// Records appended since the last sync.
+    unsynced: usize,
+    /// Directories that received files since the last sync.
+    dirty_dirs: BTreeSet<PathBuf>,
+    last_sync: Instant,
+    /// The background sync in flight, if any.
+    syncing: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl StateFile {
@@ -126,8 +204,15 @@ impl StateFile {
         dir.join(STATE_FILE)
     }
 
-    /// Reads the state of `dir`, if it has one. An unreadable file is a usage error: the
-    /// user decides whether to delete it.
+    /// The journal's path in `dir`.
+    pub(crate) fn journal_in(dir: &Path) -> PathBuf {
+        dir.join(JOURNAL_FILE)
+    }
+
+    /// Reads the state of `dir` (the header, then the journal's records over it), if it has
+    /// one. An unreadable header is a usage error (the user decides whether to delete it);
+    /// a torn last journal line (a kill while it was written) is ignored; a path that is not
+    /// inside the directory is refused.
     pub(crate) fn load(dir: &Path) -> Result<Option<JobState>, CliError> {
         let path = Self::path_in(dir);
         let text = match std::fs::read(&path) {
@@ -140,7 +225,7 @@ impl StateFile {
                 ));
             }
         };
-        let state: JobState = serde_json::from_slice(&text).map_err(|e| {
+        let mut state: JobState = serde_json::from_slice(&text).map_err(|e| {
             CliError::usage(
                 "--output-dir",
                 format!(
@@ -159,6 +244,26 @@ impl StateFile {
                 ),
             ));
         }
+        if let Some(key) = state.files.keys().find(|k| !is_safe_key(k)) {
+            return Err(unsafe_key(&path, key));
+        }
+        let journal_path = Self::journal_in(dir);
+        let journal = match std::fs::read(&journal_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(CliError::usage(
+                    "--output-dir",
+                    format!("cannot read {}: {e}", journal_path.display()),
+                ));
+            }
+        };
+        for record in replay(&journal) {
+            if !is_safe_key(&record.key) {
+                return Err(unsafe_key(&journal_path, &record.key));
+            }
+            state.files.insert(record.key, record.record);
+        }
         Ok(Some(state))
     }
 
@@ -166,7 +271,14 @@ impl StateFile {
     pub(crate) fn new(dir: &Path, state: JobState) -> StateFile {
         StateFile {
             path: Self::path_in(dir),
+            dir: dir.to_path_buf(),
             state,
+            journal: None,
+            journal_records: 0,
+            unsynced: 0,
+            dirty_dirs: BTreeSet::new(),
+            last_sync: Instant::now(),
+            syncing: None,
         }
     }
 
@@ -175,41 +287,184 @@ impl StateFile {
         &self.path
     }
 
-    /// Writes the state: to a temporary file, synced, then renamed over the old one, so a
-    /// crash leaves either the old or the new state. Synchronous on purpose: an interrupted
-    /// task cannot stop it half-way.
+    /// Writes the whole state (compacting the journal into it): the directories that
+    /// received files and the journal are synced, the header goes to a temporary file, synced,
+    /// renamed over the old one, and the journal is emptied. A crash leaves the old header
+    /// with the journal (the same records) or the new one. Synchronous on purpose: an
+    /// interrupted task cannot stop it half-way.
     pub(crate) fn save(&mut self) -> Result<(), CliError> {
+        self.sync_now();
         self.state.updated_at = crate::time::now();
-        let text = serde_json::to_vec_pretty(&self.state)
+        let text = serde_json::to_vec(&self.state)
             .map_err(|e| CliError::Failed(format!("cannot encode the job state: {e}")))?;
         write_atomically(&self.path, &text).map_err(|e| {
             CliError::Failed(format!(
                 "cannot write the job state {}: {e}",
                 self.path.display()
             ))
-        })
+        })?;
+        if self.journal_records > 0 || self.journal.is_some() {
+            let journal = Self::journal_in(&self.dir);
+            match &self.journal {
+                Some(file) => file.set_len(0),
+                None => match std::fs::remove_file(&journal) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                },
+            }
+            .map_err(|e| CliError::Failed(format!("cannot empty {}: {e}", journal.display())))?;
+        } else if Self::journal_in(&self.dir).exists() {
+            // A journal left by an earlier run: its records are in the header now.
+            let _ = std::fs::remove_file(Self::journal_in(&self.dir));
+        }
+        self.journal_records = 0;
+        Ok(())
     }
 
-    /// Removes the state file.
-    pub(crate) fn remove(dir: &Path) -> std::io::Result<()> {
-        match std::fs::remove_file(Self::path_in(dir)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+    /// Records `key` complete: one line appended to the journal (the header is compacted
+    /// instead when the journal would hold more records than the header). `saved_in` is the directory the file was renamed
+    /// into; it is synced with the journal in the background.
+    pub(crate) fn record(
+        &mut self,
+        key: &str,
+        record: FileRecord,
+        saved_in: &Path,
+    ) -> Result<(), CliError> {
+        let mut line = serde_json::to_vec(&JournalRecord {
+            key: key.to_owned(),
+            record: record.clone(),
+        })
+        .map_err(|e| CliError::Failed(format!("cannot encode the job state: {e}")))?;
+        line.push(b'\n');
+        self.state.files.insert(key.to_owned(), record);
+        self.dirty_dirs.insert(saved_in.to_path_buf());
+        if (self.journal_records + 1) * 2 > self.state.files.len() {
+            // The journal would hold more than half the records: compact instead.
+            return self.save();
         }
+        let journal = Self::journal_in(&self.dir);
+        let failed = |e: std::io::Error| {
+            CliError::Failed(format!(
+                "cannot write the job state {}: {e}",
+                journal.display()
+            ))
+        };
+        if self.journal.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&journal)
+                .map_err(failed)?;
+            self.journal = Some(file);
+        }
+        if let Some(file) = &mut self.journal {
+            file.write_all(&line).map_err(failed)?;
+        }
+        self.journal_records += 1;
+        self.unsynced += 1;
+        if self.unsynced >= SYNC_EVERY || self.last_sync.elapsed() >= SYNC_INTERVAL {
+            self.sync_in_background();
+        }
+        Ok(())
+    }
+
+    /// What a sync has to do: the journal (a second handle) and the dirty directories.
+    fn take_sync_work(&mut self) -> (Option<File>, Vec<PathBuf>) {
+        self.unsynced = 0;
+        self.last_sync = Instant::now();
+        let journal = self.journal.as_ref().and_then(|f| f.try_clone().ok());
+        let dirs = std::mem::take(&mut self.dirty_dirs).into_iter().collect();
+        (journal, dirs)
+    }
+
+    /// Starts a sync on a blocking task unless one is still running (the next record starts
+    /// it then).
+    fn sync_in_background(&mut self) {
+        if self.syncing.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let (journal, dirs) = self.take_sync_work();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.syncing = Some(runtime.spawn_blocking(move || sync(journal, &dirs)));
+        } else {
+            sync(journal, &dirs);
+        }
+    }
+
+    /// Syncs the journal and the dirty directories now.
+    fn sync_now(&mut self) {
+        let (journal, dirs) = self.take_sync_work();
+        sync(journal, &dirs);
+    }
+
+    /// Removes the state file and its journal.
+    pub(crate) fn remove(dir: &Path) -> std::io::Result<()> {
+        for path in [Self::journal_in(dir), Self::path_in(dir)] {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 
-/// Writes `data` to `path` through a synced temporary file and a rename.
+/// Syncs a journal and directories; a failure only costs durability against a power cut
+/// (the files are checked on the next run), so it is not an error.
+fn sync(journal: Option<File>, dirs: &[PathBuf]) {
+    if let Some(file) = journal {
+        let _ = file.sync_data();
+    }
+    for dir in dirs {
+        sync_dir(dir);
+    }
+}
+
+/// Syncs a directory's entries (Unix; elsewhere the rename is as durable as it gets).
+pub(crate) fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(handle) = File::open(dir) {
+        let _ = handle.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+/// The records of a journal, in order, up to the first line that is not a whole record (a
+/// torn write: the process died in the middle of it).
+fn replay(journal: &[u8]) -> Vec<JournalRecord> {
+    let mut records = Vec::new();
+    let mut rest = journal;
+    while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+        let (line, tail) = rest.split_at(end);
+        rest = &tail[1..];
+        match serde_json::from_slice::<JournalRecord>(line) {
+            Ok(record) => records.push(record),
+            Err(_) => break,
+        }
+    }
+    records
+}
+
+/// Writes `data` to `path` through a synced temporary file and a rename, then syncs the
+/// directory entry.
 pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut file = std::fs::File::create(&tmp)?;
+    let mut file = File::create(&tmp)?;
     file.write_all(data)?;
     file.sync_all()?;
     drop(file);
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        sync_dir(if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        });
+    }
+    Ok(())
 }
 
 /// The state key of a file path relative to the output directory.
@@ -221,9 +476,67 @@ pub(crate) fn key(relative: &Path) -> String {
         .join("/")
 }
 
+/// Files in `dir` (and its `error/` and `deleted/`) named as fhir-bulk names an export's
+/// files (`<Type>.<n>.ndjson[.gz]`, `error/OperationOutcome.<n>.ndjson`,
+/// `deleted/Bundle.<n>.ndjson`, and their `.part` files), relative, sorted. Manifest pages and
+/// the log are not counted: they are never mistaken for data.
+pub(crate) fn export_like_files(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for (sub, only) in [
+        (None, None),
+        (Some("error"), Some("OperationOutcome")),
+        (Some("deleted"), Some("Bundle")),
+    ] {
+        let folder = sub.map_or_else(|| dir.to_path_buf(), |s| dir.join(s));
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type().is_ok_and(|t| t.is_file()) && is_export_file_name(&name, only) {
+                found.push(match sub {
+                    Some(sub) => format!("{sub}/{name}"),
+                    None => name,
+                });
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Whether `name` is `<Type>.<n>.ndjson`, optionally `.gz` and then `.part`, with `<Type>`
+/// `only` when given (else letters).
+fn is_export_file_name(name: &str, only: Option<&str>) -> bool {
+    let name = name.strip_suffix(".part").unwrap_or(name);
+    let name = name.strip_suffix(".gz").unwrap_or(name);
+    let Some(stem) = name.strip_suffix(".ndjson") else {
+        return false;
+    };
+    let Some((kind, n)) = stem.split_once('.') else {
+        return false;
+    };
+    let kind_ok = match only {
+        Some(only) => kind == only,
+        None => !kind.is_empty() && kind.chars().all(|c| c.is_ascii_alphabetic()),
+    };
+    kind_ok && !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(url: &str) -> FileRecord {
+        FileRecord {
+            kind: FileKind::Output,
+            resource_type: Some("Patient".into()),
+            url: url.into(),
+            resources: 2,
+            bytes: 100,
+            data_bytes: 100,
+        }
+    }
 
     #[test]
     fn round_trips_and_rejects_garbage() {
@@ -265,6 +578,165 @@ mod tests {
         assert!(err.to_string().contains("--fresh"), "{err}");
         StateFile::remove(dir.path()).unwrap();
         StateFile::remove(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn records_go_to_the_journal_and_the_header_is_compacted_geometrically() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = StateFile::new(dir.path(), JobState::new(Phase::Downloading));
+        file.save().unwrap();
+        let mut header_writes = 0;
+        let mut last_header = std::fs::metadata(file.path()).unwrap().modified().unwrap();
+        let mut header_len = std::fs::read(file.path()).unwrap().len();
+        let mut header_bytes_written = 0;
+        for i in 0..300 {
+            file.record(
+                &format!("Patient.{i}.ndjson"),
+                record(&format!("http://h/{i}")),
+                dir.path(),
+            )
+            .unwrap();
+            let len = std::fs::read(file.path()).unwrap().len();
+            let modified = std::fs::metadata(file.path()).unwrap().modified().unwrap();
+            if len != header_len || modified != last_header {
+                header_writes += 1;
+                header_bytes_written += len;
+                header_len = len;
+                last_header = modified;
+            }
+            // After every record the state on disk is complete.
+            let back = StateFile::load(dir.path()).unwrap().unwrap();
+            assert_eq!(back.files.len(), i + 1);
+        }
+        assert!(header_writes < 25, "{header_writes} header writes");
+        assert!(
+            header_bytes_written < 4 * header_len,
+            "{header_bytes_written} bytes of headers for a final {header_len}"
+        );
+        file.save().unwrap();
+        assert_eq!(
+            std::fs::metadata(StateFile::journal_in(dir.path())).map_or(0, |m| m.len()),
+            0,
+            "the journal is empty after a compaction"
+        );
+        assert_eq!(
+            StateFile::load(dir.path()).unwrap().unwrap().files.len(),
+            300
+        );
+    }
+
+    #[test]
+    fn a_torn_last_journal_line_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = StateFile::new(dir.path(), JobState::new(Phase::Downloading));
+        file.state
+            .files
+            .insert("Patient.1.ndjson".into(), record("http://h/1"));
+        file.save().unwrap();
+        let line = |key: &str| {
+            let mut l = serde_json::to_vec(&JournalRecord {
+                key: key.into(),
+                record: record("http://h/x"),
+            })
+            .unwrap();
+            l.push(b'\n');
+            l
+        };
+        let mut journal = line("Patient.2.ndjson");
+        let torn = line("Patient.3.ndjson");
+        for cut in 0..torn.len() {
+            let mut bytes = journal.clone();
+            bytes.extend_from_slice(&torn[..cut]);
+            std::fs::write(StateFile::journal_in(dir.path()), &bytes).unwrap();
+            let state = StateFile::load(dir.path()).unwrap().unwrap();
+            let keys: Vec<&String> = state.files.keys().collect();
+            assert_eq!(
+                keys,
+                ["Patient.1.ndjson", "Patient.2.ndjson"],
+                "cut at {cut}"
+            );
+        }
+        journal.extend_from_slice(&torn);
+        std::fs::write(StateFile::journal_in(dir.path()), &journal).unwrap();
+        assert_eq!(StateFile::load(dir.path()).unwrap().unwrap().files.len(), 3);
+    }
+
+    #[test]
+    fn keys_outside_the_directory_are_refused() {
+        for bad in [
+            "../../x",
+            "/etc/passwd",
+            "a/../../b",
+            "./a",
+            "a//b",
+            "",
+            "C:\\x",
+            "c:x",
+            "a\\..\\b",
+            "a\0b",
+        ] {
+            assert!(!is_safe_key(bad), "{bad:?}");
+        }
+        for good in [
+            "Patient.1.ndjson",
+            "error/OperationOutcome.1.ndjson",
+            "a..b",
+        ] {
+            assert!(is_safe_key(good), "{good:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = JobState::new(Phase::Downloading);
+        state.files.insert("../../x".into(), record("http://h/1"));
+        StateFile::new(dir.path(), state).save().unwrap();
+        let err = StateFile::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("../../x") && err.contains("--output-dir"),
+            "{err}"
+        );
+
+        let mut file = StateFile::new(dir.path(), JobState::new(Phase::Downloading));
+        file.save().unwrap();
+        let mut line = serde_json::to_vec(&JournalRecord {
+            key: "/tmp/x".into(),
+            record: record("http://h/1"),
+        })
+        .unwrap();
+        line.push(b'\n');
+        std::fs::write(StateFile::journal_in(dir.path()), line).unwrap();
+        let err = StateFile::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("/tmp/x"), "{err}");
+    }
+
+    #[test]
+    fn export_file_names() {
+        assert!(is_export_file_name("Patient.1.ndjson", None));
+        assert!(is_export_file_name("Patient.12.ndjson.gz.part", None));
+        assert!(is_export_file_name(
+            "OperationOutcome.1.ndjson",
+            Some("OperationOutcome")
+        ));
+        assert!(!is_export_file_name(
+            "Bundle.1.ndjson",
+            Some("OperationOutcome")
+        ));
+        assert!(!is_export_file_name("notes.txt", None));
+        assert!(!is_export_file_name("manifest.json", None));
+        assert!(!is_export_file_name("log.ndjson", None));
+        assert!(!is_export_file_name("Patient.x.ndjson", None));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("error")).unwrap();
+        for name in [
+            "Patient.1.ndjson",
+            "error/OperationOutcome.1.ndjson",
+            "manifest.json",
+            "x.txt",
+        ] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        assert_eq!(
+            export_like_files(dir.path()),
+            ["Patient.1.ndjson", "error/OperationOutcome.1.ndjson"]
+        );
     }
 
     #[test]

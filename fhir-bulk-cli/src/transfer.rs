@@ -1,21 +1,25 @@
 //! Downloading an export's files into the output directory: the files already complete (in
-//! the state file and on disk with the recorded size) are skipped, the others are fetched
-//! `--concurrency` at a time, each written under a `.part` name and renamed when complete and
-//! verified (line count against the manifest's `count`, `resourceType` against its `type`).
-//! Every completed file is recorded in the state file at once, so an interrupted run loses at
-//! most the files in flight.
+//! the job state and on disk with the recorded size) are skipped, the others are fetched
+//! `--concurrency` at a time, each on its own task, written under a `.part` name and renamed
+//! when complete and verified (line count against the manifest's `count`, `resourceType`
+//! against its `type`). Every completed file is recorded in the job state's journal at once
+//! (one small append, see [`crate::state`]), so an interrupted run loses at most the files in
+//! flight, and recording a file never holds the other downloads. With partial manifests
+//! (`--allow-partial-manifests`) the files are offered as the manifests arrive, while the job
+//! still runs ([`Downloads::offer`]).
 
 use crate::args::OutputArgs;
 use crate::error::CliError;
 use crate::log::{self, EventLog};
 use crate::outcomes::{self, IssueCounts};
-use crate::progress::Reporter;
+use crate::progress::{FileProgress, Reporter};
 use crate::state::{self, FileRecord, StateFile};
-use fhir_bulk::download::{SaveOptions, file_names};
-use fhir_bulk::{BulkClient, CompletedExport, DownloadOptions, Error, FileKind};
-use futures::StreamExt;
+use fhir_bulk::download::{SaveOptions, SavedFile, file_names};
+use fhir_bulk::{BulkClient, CompletedExport, DownloadOptions, Error, ExportFile, FileKind};
 use serde_json::json;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
+use tokio::task::JoinSet;
 
 /// What the download phase did.
 #[derive(Debug, Default)]
@@ -53,6 +57,275 @@ fn already_complete(dir: &Path, relative: &Path, url: &str, state: &StateFile) -
             .is_ok_and(|m| m.is_file() && m.len() == record.bytes)
 }
 
+/// A download that ended.
+struct Finished {
+    file: ExportFile,
+    relative: PathBuf,
+    name: String,
+    progress: FileProgress,
+    result: Result<SavedFile, Error>,
+}
+
+/// The downloads of one run: files offered (a whole export, or the partial manifests seen so
+/// far) and not yet complete are queued; at most `--concurrency` run at once, each on a task of
+/// its own. Per finished file the work is constant: a journal append, a log line, the bars.
+pub(crate) struct Downloads<'a> {
+    client: BulkClient,
+    dir: PathBuf,
+    options: SaveOptions,
+    concurrency: usize,
+    log: &'a EventLog,
+    reporter: &'a Reporter,
+    queue: VecDeque<(ExportFile, PathBuf)>,
+    running: JoinSet<Finished>,
+    /// Every file offered in this run, by state key, with its URL (redacted).
+    offered: HashMap<String, String>,
+    report: TransferReport,
+    started: Option<std::time::Instant>,
+}
+
+impl std::fmt::Debug for Downloads<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downloads")
+            .field("dir", &self.dir)
+            .field("queued", &self.queue.len())
+            .field("running", &self.running.len())
+            .field("offered", &self.offered.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Downloads<'a> {
+    /// No downloads yet.
+    pub(crate) fn new(
+        client: &BulkClient,
+        dir: &Path,
+        output: &OutputArgs,
+        log: &'a EventLog,
+        reporter: &'a Reporter,
+    ) -> Downloads<'a> {
+        Downloads {
+            client: client.clone(),
+            dir: dir.to_path_buf(),
+            options: save_options(output),
+            concurrency: usize::from(output.concurrency).max(1),
+            log,
+            reporter,
+            queue: VecDeque::new(),
+            running: JoinSet::new(),
+            offered: HashMap::new(),
+            report: TransferReport::default(),
+            started: None,
+        }
+    }
+
+    /// Whether downloads are running or queued.
+    pub(crate) fn busy(&self) -> bool {
+        !self.running.is_empty() || !self.queue.is_empty()
+    }
+
+    /// Queues the files of `export` not offered before in this run and not already complete;
+    /// returns how many were queued and how many were complete from an earlier run.
+    pub(crate) fn offer(
+        &mut self,
+        export: &CompletedExport,
+        state: &mut StateFile,
+    ) -> (usize, usize) {
+        let names = file_names(export, self.options.gzip);
+        self.offer_named(export, names, state)
+    }
+
+    /// [`Downloads::offer`] with the files' names already made.
+    fn offer_named(
+        &mut self,
+        export: &CompletedExport,
+        names: Vec<(ExportFile, PathBuf)>,
+        state: &mut StateFile,
+    ) -> (usize, usize) {
+        let (mut queued, mut skipped) = (0, 0);
+        for (file, relative) in names {
+            let key = state::key(&relative);
+            let url = fhir_bulk::redact_url_str(&file.file.url);
+            if let Some(seen) = self.offered.get(&key) {
+                if *seen != url {
+                    self.report.failures.push((
+                        key,
+                        Error::BadManifest {
+                            url: fhir_bulk::redact_url_str(export.status_url.as_str()),
+                            message: format!(
+                                "the manifests name two files {}: {seen} and {url}",
+                                relative.display()
+                            ),
+                        },
+                    ));
+                }
+                continue;
+            }
+            self.offered.insert(key.clone(), url.clone());
+            if already_complete(&self.dir, &relative, &url, state) {
+                skipped += 1;
+                self.reporter
+                    .detail(&format!("{} is already complete", relative.display()));
+            } else {
+                state.state.files.remove(&key);
+                self.queue.push_back((file, relative));
+                queued += 1;
+            }
+        }
+        self.report.skipped += skipped;
+        if self.started.is_none() && queued > 0 {
+            self.started = Some(std::time::Instant::now());
+            self.reporter.downloads(queued);
+        }
+        self.fill();
+        (queued, skipped)
+    }
+
+    /// Starts queued downloads while slots are free.
+    fn fill(&mut self) {
+        while self.running.len() < self.concurrency {
+            let Some((file, relative)) = self.queue.pop_front() else {
+                return;
+            };
+            let path = self.dir.join(&relative);
+            let name = state::key(&relative);
+            log::download_request(self.log, &file);
+            let progress = self
+                .reporter
+                .file(&name, file.file.count, file.file.file_size);
+            let on_progress = progress.clone();
+            let options = self
+                .options
+                .clone()
+                .with_progress(move |_, lines, bytes| on_progress.update(lines, bytes));
+            let client = self.client.clone();
+            self.running.spawn(async move {
+                let result = client.save_file(&file, &path, &options).await;
+                Finished {
+                    file,
+                    relative,
+                    name,
+                    progress,
+                    result,
+                }
+            });
+        }
+    }
+
+    /// Waits for one running download to end and records it. `None` when none runs.
+    pub(crate) async fn next(&mut self, state: &mut StateFile) -> Option<Result<(), CliError>> {
+        let joined = self.running.join_next().await?;
+        let done = match joined {
+            Ok(done) => done,
+            Err(e) => {
+                return Some(Err(CliError::Failed(format!(
+                    "a download task ended abnormally: {e}"
+                ))));
+            }
+        };
+        let result = self.record(done, state);
+        self.fill();
+        Some(result)
+    }
+
+    fn record(&mut self, done: Finished, state: &mut StateFile) -> Result<(), CliError> {
+        let Finished {
+            file,
+            relative,
+            name,
+            progress,
+            result,
+        } = done;
+        let url = fhir_bulk::redact_url_str(&file.file.url);
+        match result {
+            Ok(saved) => {
+                self.log.event(
+                    "download_complete",
+                    json!({
+                        "fileUrl": url,
+                        "fileSize": saved.data_bytes,
+                        "resourceCount": saved.lines,
+                    }),
+                );
+                self.reporter
+                    .file_done(&progress, &name, saved.lines, saved.bytes);
+                self.report.downloaded += 1;
+                self.report.downloaded_bytes += saved.data_bytes;
+                let saved_in = self
+                    .dir
+                    .join(&relative)
+                    .parent()
+                    .map_or_else(|| self.dir.clone(), Path::to_path_buf);
+                state.record(
+                    &name,
+                    FileRecord {
+                        kind: file.kind,
+                        resource_type: file.file.resource_type.clone(),
+                        url,
+                        resources: saved.lines,
+                        bytes: saved.bytes,
+                        data_bytes: saved.data_bytes,
+                    },
+                    &saved_in,
+                )
+            }
+            Err(error) => {
+                let mut detail = log::error_detail(&error);
+                detail["fileUrl"] = json!(url);
+                self.log.event("download_error", detail);
+                self.reporter
+                    .file_failed(&progress, &name, &crate::error::describe(&error));
+                self.report.failures.push((name, error));
+                Ok(())
+            }
+        }
+    }
+
+    /// The complete export: records its phase, forgets records of files it does not list,
+    /// queues what is left and waits for every download to end.
+    pub(crate) async fn finish(
+        mut self,
+        export: &CompletedExport,
+        state: &mut StateFile,
+    ) -> Result<TransferReport, CliError> {
+        state.state.phase = state::Phase::Downloading;
+        state.state.transaction_time = Some(export.transaction_time().to_owned());
+        // Forget records of files this manifest does not list (an earlier manifest's).
+        let names = file_names(export, self.options.gzip);
+        let listed: HashSet<String> = names.iter().map(|(_, rel)| state::key(rel)).collect();
+        state.state.files.retain(|key, _| listed.contains(key));
+        drop(listed);
+        state.save()?;
+        let early = self.offered.len();
+        let (queued, skipped) = self.offer_named(export, names, state);
+        let running = self.running.len() + self.queue.len() - queued;
+        if early > 0 {
+            self.reporter.info(&format!(
+                "the export is complete: {early} file(s) came with partial manifests ({running} \
+                 still downloading), {queued} more to download"
+            ));
+        } else if skipped > 0 {
+            self.reporter.info(&format!(
+                "{} of {} files already complete; downloading the other {}",
+                skipped,
+                skipped + queued,
+                queued
+            ));
+        } else {
+            self.reporter.info(&format!("downloading {queued} files"));
+        }
+        if self.started.is_none() {
+            self.started = Some(std::time::Instant::now());
+            self.reporter.downloads(0);
+        }
+        while let Some(result) = self.next(state).await {
+            result?;
+        }
+        self.report.elapsed = self.started.map(|s| s.elapsed()).unwrap_or_default();
+        Ok(self.report)
+    }
+}
+
 /// Downloads the files of `export` not yet complete into `dir`, recording each in `state`.
 pub(crate) async fn download(
     client: &BulkClient,
@@ -63,94 +336,9 @@ pub(crate) async fn download(
     log: &EventLog,
     reporter: &Reporter,
 ) -> Result<TransferReport, CliError> {
-    state.state.phase = state::Phase::Downloading;
-    state.state.transaction_time = Some(export.transaction_time().to_owned());
-    state.save()?;
-    let started = std::time::Instant::now();
-    let options = save_options(output);
-    let mut report = TransferReport::default();
-    let mut todo = Vec::new();
-    let names = file_names(export, options.gzip);
-    // Forget records of files this manifest does not list (an earlier manifest's).
-    let listed: std::collections::HashSet<String> =
-        names.iter().map(|(_, rel)| state::key(rel)).collect();
-    state.state.files.retain(|key, _| listed.contains(key));
-    for (file, relative) in names {
-        let url = fhir_bulk::redact_url_str(&file.file.url);
-        if already_complete(dir, &relative, &url, state) {
-            report.skipped += 1;
-            reporter.detail(&format!("{} is already complete", relative.display()));
-        } else {
-            state.state.files.remove(&state::key(&relative));
-            todo.push((file, relative));
-        }
-    }
-    if report.skipped > 0 {
-        reporter.info(&format!(
-            "{} of {} files already complete; downloading the other {}",
-            report.skipped,
-            report.skipped + todo.len(),
-            todo.len()
-        ));
-    } else {
-        reporter.info(&format!("downloading {} files", todo.len()));
-    }
-    reporter.downloads(todo.len());
-    let concurrency = usize::from(output.concurrency).max(1);
-    let mut results = futures::stream::iter(todo.into_iter().map(|(file, relative)| {
-        let path: PathBuf = dir.join(&relative);
-        let name = state::key(&relative);
-        log::download_request(log, &file);
-        let progress = reporter.file(&name, file.file.count, file.file.file_size);
-        let on_progress = progress.clone();
-        let options = options
-            .clone()
-            .with_progress(move |_, lines, bytes| on_progress.update(lines, bytes));
-        async move {
-            let result = client.save_file(&file, &path, &options).await;
-            (file, relative, name, progress, result)
-        }
-    }))
-    .buffer_unordered(concurrency);
-    while let Some((file, relative, name, progress, result)) = results.next().await {
-        let url = fhir_bulk::redact_url_str(&file.file.url);
-        match result {
-            Ok(saved) => {
-                log.event(
-                    "download_complete",
-                    json!({
-                        "fileUrl": url,
-                        "fileSize": saved.data_bytes,
-                        "resourceCount": saved.lines,
-                    }),
-                );
-                reporter.file_done(&progress, &name, saved.lines, saved.bytes);
-                report.downloaded += 1;
-                report.downloaded_bytes += saved.data_bytes;
-                state.state.files.insert(
-                    state::key(&relative),
-                    FileRecord {
-                        kind: file.kind,
-                        resource_type: file.file.resource_type.clone(),
-                        url,
-                        resources: saved.lines,
-                        bytes: saved.bytes,
-                        data_bytes: saved.data_bytes,
-                    },
-                );
-                state.save()?;
-            }
-            Err(error) => {
-                let mut detail = log::error_detail(&error);
-                detail["fileUrl"] = json!(url);
-                log.event("download_error", detail);
-                reporter.file_failed(&progress, &name, &crate::error::describe(&error));
-                report.failures.push((name, error));
-            }
-        }
-    }
-    report.elapsed = started.elapsed();
-    Ok(report)
+    Downloads::new(client, dir, output, log, reporter)
+        .finish(export, state)
+        .await
 }
 
 /// After the downloads: an error if any file failed (`failure_suffix` appended to the

@@ -21,6 +21,7 @@ pub(crate) struct Config {
     pub(crate) error_severities: Vec<String>,
     pub(crate) deleted: u64,
     pub(crate) faults: Vec<Fault>,
+    pub(crate) partial_manifests: bool,
 }
 
 impl Default for Config {
@@ -44,6 +45,7 @@ impl Default for Config {
             error_severities: Vec::new(),
             deleted: 0,
             faults: Vec::new(),
+            partial_manifests: false,
         }
     }
 }

@@ -83,6 +83,8 @@ pub(crate) struct Job {
     pub(crate) files: Vec<Arc<FileSpec>>,
     polls: AtomicU64,
     deleted: AtomicBool,
+    /// Whether the kick-off asked for partial manifests.
+    allow_partial: bool,
 }
 
 impl Job {
@@ -100,6 +102,7 @@ impl Job {
         request: String,
         types: &[usize],
         organized: bool,
+        allow_partial: bool,
     ) -> Job {
         let ds = &shared.dataset;
         let mut planned: Vec<Planned> = Vec::new();
@@ -209,11 +212,18 @@ impl Job {
             files,
             polls: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
+            allow_partial,
         }
     }
 
     /// The completion manifest, with file URLs of the current generation.
     fn manifest(&self, shared: &Shared) -> Value {
+        self.manifest_of(shared, self.files.len())
+    }
+
+    /// The manifest listing only the first `ready` files (a partial manifest when fewer than
+    /// all).
+    fn manifest_of(&self, shared: &Shared, ready: usize) -> Value {
         let generation = shared.url_generation.load(Ordering::SeqCst);
         let url = |name: &str| {
             let mut url = format!("{}files/{}/{name}", shared.base, self.id);
@@ -225,6 +235,7 @@ impl Job {
         let entries = |section: Section| -> Vec<Value> {
             self.files
                 .iter()
+                .take(ready)
                 .filter(|f| f.section == section)
                 .map(|f| {
                     let mut entry = json!({ "url": url(&f.name), "count": f.count });
@@ -353,8 +364,10 @@ pub(crate) async fn kickoff(State(shared): State<Arc<Shared>>, request: Request)
     let mut types: Vec<usize> = Vec::new();
     let mut type_given = false;
     let mut organized = false;
+    let mut allow_partial = false;
     for (name, value) in &params {
         match name.as_str() {
+            "allowPartialManifests" => allow_partial = value == "true",
             "_type" => {
                 for t in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                     type_given = true;
@@ -423,6 +436,7 @@ pub(crate) async fn kickoff(State(shared): State<Arc<Shared>>, request: Request)
         request_url,
         &types,
         organized,
+        allow_partial && shared.config.partial_manifests,
     ));
     lock(&shared.jobs).insert(id.clone(), job);
 
@@ -497,9 +511,23 @@ pub(crate) async fn status(
     let config = &shared.config;
     let poll = job.polls.fetch_add(1, Ordering::SeqCst);
     if poll < u64::from(config.polls_before_complete) {
-        let mut response = match body_fault {
-            None => Response::new(axum::body::Body::empty()),
-            fault => Response::new(stream_body(Box::new(std::iter::empty()), fault, kill)),
+        let mut response = if job.allow_partial {
+            let total = job.files.len() as u64;
+            let ready = (total * (poll + 1)).div_ceil(u64::from(config.polls_before_complete) + 1);
+            let body = job.manifest_of(&shared, usize::try_from(ready).unwrap_or(usize::MAX));
+            let mut response = json_response(
+                StatusCode::ACCEPTED,
+                Bytes::from(body.to_string()),
+                body_fault,
+                kill,
+            );
+            set_header(&mut response, CONTENT_TYPE, "application/json");
+            response
+        } else {
+            match body_fault {
+                None => Response::new(axum::body::Body::empty()),
+                fault => Response::new(stream_body(Box::new(std::iter::empty()), fault, kill)),
+            }
         };
         *response.status_mut() = StatusCode::ACCEPTED;
         let progress = usize::try_from(poll)

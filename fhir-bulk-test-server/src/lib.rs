@@ -335,6 +335,17 @@ impl TestServerBuilder {
         self
     }
 
+    /// Partial manifests (STU3 `allowPartialManifests`): when the kick-off asked for them
+    /// with `allowPartialManifests=true`, every status `202` carries a manifest listing the
+    /// files ready so far, a growing prefix of the final manifest's files (poll `p` of `n`
+    /// lists the first `ceil(files * (p + 1) / (n + 1))`), in the final manifest's order.
+    /// Default off.
+    #[must_use]
+    pub fn partial_manifests(mut self, enabled: bool) -> Self {
+        self.config.partial_manifests = enabled;
+        self
+    }
+
     /// Raw `Retry-After` value sent with status `202`s (default `"1"`), e.g.
     /// `"120"`, an HTTP-date, or a non-standard value like `"1500ms"`.
     #[must_use]

@@ -256,3 +256,92 @@ pub(crate) async fn token_endpoint(token: &str) -> MockServer {
         .await;
     tokens
 }
+
+/// A minimal static file server for scale tests: HTTP/1.1 with keep-alive on 127.0.0.1,
+/// answering `GET /f/<n>` with one Patient line, and counting the TCP connections it accepted
+/// and the requests it answered.
+#[allow(dead_code)]
+pub(crate) struct FileServer {
+    pub(crate) base: String,
+    pub(crate) connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub(crate) requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[allow(dead_code)]
+impl FileServer {
+    pub(crate) async fn start() -> FileServer {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (conns, reqs) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                conns.fetch_add(1, Ordering::SeqCst);
+                let reqs = reqs.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = socket.into_split();
+                    let mut read = BufReader::new(read);
+                    loop {
+                        let mut request_line = String::new();
+                        if read.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        loop {
+                            let mut header = String::new();
+                            if read.read_line(&mut header).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if header == "\r\n" || header == "\n" {
+                                break;
+                            }
+                        }
+                        reqs.fetch_add(1, Ordering::SeqCst);
+                        let path = request_line.split(' ').nth(1).unwrap_or("/");
+                        let id = path.rsplit('/').next().unwrap_or("0");
+                        let body = format!("{{\"resourceType\":\"Patient\",\"id\":\"p{id}\"}}\n");
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/fhir+ndjson\r\n\
+                             content-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if write.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FileServer {
+            base,
+            connections,
+            requests,
+        }
+    }
+
+    /// A manifest of `n` Patient files, one resource each, served by this server.
+    pub(crate) fn manifest(&self, n: usize) -> String {
+        let output: Vec<Value> = (0..n)
+            .map(|i| json!({"type": "Patient", "url": format!("{}f/{i}", self.base), "count": 1}))
+            .collect();
+        json!({
+            "transactionTime": "2026-01-01T00:00:00Z",
+            "request": format!("{}$export", self.base),
+            "requiresAccessToken": false,
+            "output": output,
+            "error": [],
+        })
+        .to_string()
+    }
+
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub(crate) fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,133 @@
+//! Many small files through the `fhir-bulk` binary: `fhir-bulk download manifest.json` against
+//! a minimal keep-alive file server in this process (one Patient line per file), for 500,
+//! 2,000, 4,000 and 20,000 files (100,000 too with `FHIR_BULK_BENCH_100K=1`). Prints the
+//! child's wall time, CPU time (user + system, from `wait4`), peak RSS, the bytes it passed to
+//! `write` (`/proc/<pid>/io`), and the CPU ratio of 4,000 files to 500 (linear is 8; the
+//! target is at most 10).
+//!
+//! `cargo bench -p fhir-bulk-cli --bench many_files`
+
+#[path = "../tests/cli/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// What one run of the binary cost.
+struct Cost {
+    wall: Duration,
+    cpu: Duration,
+    peak_rss: u64,
+    written: u64,
+}
+
+fn tv(t: libc::timeval) -> Duration {
+    Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+        + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+}
+
+#[allow(clippy::zombie_processes)] // reaped by wait4
+fn download(manifest: &Path, out: &Path) -> Cost {
+    let started = Instant::now();
+    let child = std::process::Command::new(support::BIN)
+        .args([
+            "download",
+            support::s(manifest),
+            "--output-dir",
+            support::s(out),
+            "--quiet",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("fhir-bulk runs");
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    // Wait for the exit without reaping (WNOWAIT), read the bytes written, then reap.
+    // SAFETY: an all-zero siginfo_t is valid; waitid fills it for our own child.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let waited = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            libc::id_t::try_from(pid).expect("pid"),
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT,
+        )
+    };
+    assert_eq!(waited, 0, "waitid");
+    let wall = started.elapsed();
+    let written = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for the child `pid`.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "fhir-bulk download failed"
+    );
+    Cost {
+        wall,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        peak_rss: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+        written,
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = runtime.block_on(support::FileServer::start());
+    let mut counts = vec![500usize, 2_000, 4_000, 20_000];
+    if std::env::var_os("FHIR_BULK_BENCH_100K").is_some() {
+        counts.push(100_000);
+    }
+    println!("| files | wall | CPU | CPU per file | peak RSS | bytes written | of which data |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut cpu_of = std::collections::HashMap::new();
+    for n in counts {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let manifest = dir.path().join("in").join("manifest.json");
+        std::fs::create_dir_all(manifest.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&manifest, server.manifest(n)).expect("manifest");
+        let out = dir.path().join("out");
+        let cost = download(&manifest, &out);
+        let data: u64 = std::fs::read_dir(&out)
+            .expect("out")
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("Patient.") && name.ends_with(".ndjson")
+            })
+            .map(|e| e.metadata().map_or(0, |m| m.len()))
+            .sum();
+        println!(
+            "| {n} | {:.2} s | {:.2} s | {:.0} µs | {:.1} MiB | {:.2} MB | {:.2} MB |",
+            cost.wall.as_secs_f64(),
+            cost.cpu.as_secs_f64(),
+            cost.cpu.as_secs_f64() * 1e6 / n as f64,
+            cost.peak_rss as f64 / (1024.0 * 1024.0),
+            cost.written as f64 / 1e6,
+            data as f64 / 1e6,
+        );
+        cpu_of.insert(n, cost.cpu.as_secs_f64());
+    }
+    if let (Some(small), Some(large)) = (cpu_of.get(&500), cpu_of.get(&4_000)) {
+        println!(
+            "\nCPU for 4,000 files / CPU for 500: {:.1} (linear 8, target <= 10)",
+            large / small.max(1e-9)
+        );
+    }
+}

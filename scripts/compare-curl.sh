@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# Compares `fhir-bulk download manifest.json` with curl on the same static exports, served by
+# nginx on 127.0.0.1 (a free port, a temporary config, in the foreground; stopped at exit):
+#
+#   1. 1 GB in 7 files, identity encoding       curl --parallel --parallel-max 4
+#   2. the same files, gzip on the wire          curl ... --compressed (nginx gzip_static)
+#   3. 2,000 files of 40 KB                      curl --parallel --parallel-max 4
+#   4. 500 and 4,000 tiny files (CPU growth)     fhir-bulk only: CPU(4,000) / CPU(500)
+#
+# Prints wall time, CPU time (user + system) and peak RSS of each client, and the ratios
+# fhir-bulk / curl. Both clients write every file to disk. Needs python3 (data generation and
+# timing via wait4) and nginx (installed with apt-get when missing, as root).
+#
+#   scripts/compare-curl.sh              # builds target/release/fhir-bulk when missing
+#   SIZE_MB=200 scripts/compare-curl.sh  # a smaller first case
+#   FHIR_BULK_BIN=path/to/fhir-bulk scripts/compare-curl.sh
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${FHIR_BULK_BIN:-$root/target/release/fhir-bulk}
+size_mb=${SIZE_MB:-1024}
+
+if [ ! -x "$bin" ]; then
+    (cd "$root" && cargo build --release -p fhir-bulk-cli)
+fi
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    echo "nginx is missing: installing the Debian package" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+fi
+nginx=$(command -v nginx || echo /usr/sbin/nginx)
+command -v curl >/dev/null || { echo "curl is missing" >&2; exit 1; }
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/compare-curl.XXXXXX")
+nginx_pid=
+cleanup() {
+    if [ -n "$nginx_pid" ]; then kill "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" 2>/dev/null || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+base="http://127.0.0.1:$port"
+
+echo "generating the exports in $work ..." >&2
+python3 - "$work/www" "$base" "$size_mb" <<'PY'
+import gzip, json, os, sys, zlib
+www, base, size_mb = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+def line(i, pad):
+    return json.dumps({"resourceType": "Observation", "id": f"o{i}", "status": "final",
+                       "code": {"text": "x" * pad}, "subject": {"reference": f"Patient/p{i % 997}"}},
+                      separators=(",", ":")) + "\n"
+
+def manifest(name, files):
+    out = [{"type": "Observation", "url": f"{base}/{path}", "count": count} for path, count in files]
+    body = {"transactionTime": "2026-01-01T00:00:00Z", "request": f"{base}/$export",
+            "requiresAccessToken": False, "output": out, "error": []}
+    os.makedirs(f"{www}/../manifests/{name}", exist_ok=True)
+    with open(f"{www}/../manifests/{name}/manifest.json", "w") as f:
+        json.dump(body, f)
+
+def write_files(folder, n, per_file_bytes, pad, gz=False):
+    os.makedirs(f"{www}/{folder}", exist_ok=True)
+    files, i = [], 0
+    for k in range(1, n + 1):
+        path = f"{folder}/Observation.{k}.ndjson"
+        count, size = 0, 0
+        with open(f"{www}/{path}", "w") as f:
+            chunk = []
+            while size < per_file_bytes:
+                l = line(i, pad); i += 1; count += 1; size += len(l); chunk.append(l)
+                if len(chunk) >= 4096:
+                    f.write("".join(chunk)); chunk = []
+            f.write("".join(chunk))
+        files.append((path, count))
+    return files
+
+big = write_files("id", 7, size_mb * 1_000_000 // 7, 900)
+manifest("identity", big)
+# The same files for gzip_static: links to the identity files plus their .gz.
+os.makedirs(f"{www}/gz", exist_ok=True)
+gz = []
+for path, count in big:
+    name = os.path.basename(path)
+    os.symlink(f"{www}/{path}", f"{www}/gz/{name}")
+    with open(f"{www}/{path}", "rb") as src, gzip.open(f"{www}/gz/{name}.gz", "wb", compresslevel=6) as dst:
+        while True:
+            block = src.read(1 << 20)
+            if not block:
+                break
+            dst.write(block)
+    gz.append((f"gz/{name}", count))
+manifest("gzip", gz)
+manifest("small", write_files("small", 2000, 40_000, 300))
+tiny = write_files("tiny", 4000, 1, 50)
+manifest("tiny500", tiny[:500])
+manifest("tiny4000", tiny)
+PY
+
+mkdir -p "$work/tmp"
+cat > "$work/nginx.conf" <<CONF
+daemon off;
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    client_body_temp_path $work/tmp/body;
+    proxy_temp_path $work/tmp/proxy;
+    fastcgi_temp_path $work/tmp/fastcgi;
+    uwsgi_temp_path $work/tmp/uwsgi;
+    scgi_temp_path $work/tmp/scgi;
+    types { application/fhir+ndjson ndjson; application/json json; }
+    server {
+        listen 127.0.0.1:$port;
+        root $work/www;
+        location /gz/ { gzip_static on; }
+    }
+}
+CONF
+"$nginx" -c "$work/nginx.conf" -p "$work" &
+nginx_pid=$!
+for _ in $(seq 100); do
+    curl -s -o /dev/null "$base/tiny/Observation.1.ndjson" && break
+    sleep 0.1
+done
+
+# measure OUT_FILE CMD...: runs CMD, appends "wall cpu peak_rss_kib" to OUT_FILE.
+measure() {
+    local out=$1; shift
+    python3 - "$out" "$@" <<'PY'
+import os, subprocess, sys, time
+out, cmd = sys.argv[1], sys.argv[2:]
+start = time.monotonic()
+child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+_, status, usage = os.wait4(child.pid, 0)
+wall = time.monotonic() - start
+if os.waitstatus_to_exitcode(status) != 0:
+    sys.stderr.write(child.stderr.read().decode(errors="replace"))
+    sys.exit(f"failed: {' '.join(cmd[:3])} ...")
+with open(out, "w") as f:
+    f.write(f"{wall:.3f} {usage.ru_utime + usage.ru_stime:.3f} {usage.ru_maxrss}\n")
+PY
+}
+
+# curl_config NAME: a curl config downloading every file of manifest NAME into a directory.
+curl_config() {
+    python3 - "$work/manifests/$1/manifest.json" "$2" <<'PY'
+import json, sys
+manifest, dest = sys.argv[1], sys.argv[2]
+for i, f in enumerate(json.load(open(manifest))["output"]):
+    print(f'url = "{f["url"]}"\noutput = "{dest}/{i}.ndjson"')
+PY
+}
+
+run_fhir_bulk() {  # NAME
+    rm -rf "$work/out"
+    measure "$work/r.fhir" "$bin" download "$work/manifests/$1/manifest.json" --output-dir "$work/out" --quiet
+    cat "$work/r.fhir"
+}
+
+run_curl() {  # NAME [curl flags]
+    local name=$1; shift
+    rm -rf "$work/curl-out"; mkdir -p "$work/curl-out"
+    curl_config "$name" "$work/curl-out" > "$work/curl.cfg"
+    measure "$work/r.curl" curl -s --fail --parallel --parallel-max 4 "$@" -K "$work/curl.cfg"
+    cat "$work/r.curl"
+}
+
+printf '\n| export | fhir-bulk wall / CPU / peak RSS | curl wall / CPU / peak RSS | wall ratio | CPU ratio |\n'
+printf '| --- | --- | --- | ---: | ---: |\n'
+row() {  # LABEL NAME [curl flags]
+    local label=$1 name=$2; shift 2
+    read -r fw fc fm < <(run_fhir_bulk "$name")
+    read -r cw cc cm < <(run_curl "$name" "$@")
+    python3 -c "
+fw, fc, fm, cw, cc, cm = map(float, '$fw $fc $fm $cw $cc $cm'.split())
+print(f'| $label | {fw:.2f} s / {fc:.2f} s / {fm/1024:.0f} MiB | {cw:.2f} s / {cc:.2f} s / {cm/1024:.0f} MiB | {fw/cw:.2f} | {fc/max(cc, 1e-3):.2f} |')"
+}
+row "${size_mb} MB in 7 files, identity" identity
+row "${size_mb} MB in 7 files, gzip on the wire" gzip --compressed
+row "2,000 files of 40 KB" small
+
+read -r w500 c500 m500 < <(run_fhir_bulk tiny500)
+read -r w4000 c4000 m4000 < <(run_fhir_bulk tiny4000)
+python3 -c "
+print()
+print('fhir-bulk, tiny files: 500 files CPU $c500 s (wall $w500 s, $(( m500 / 1024 )) MiB); 4,000 files CPU $c4000 s (wall $w4000 s, $(( m4000 / 1024 )) MiB)')
+print(f'CPU(4,000) / CPU(500) = {$c4000 / max($c500, 1e-3):.1f} (linear: 8; target <= 10)')"
