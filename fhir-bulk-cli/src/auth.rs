@@ -6,6 +6,11 @@ use crate::error::{CliError, from_lib};
 use fhir_bulk::SecretString;
 use fhir_bulk::auth::{AuthProvider, ClientSecretAuth, SmartBackendAuth, StaticToken};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether this run was given credentials (set by [`provider`]): a 401 then means they were
+/// refused, not missing.
+pub(crate) static CREDENTIALS_GIVEN: AtomicBool = AtomicBool::new(false);
 
 /// The environment variable read when `--token` is not given.
 pub(crate) const TOKEN_ENV: &str = "FHIR_BULK_TOKEN";
@@ -23,6 +28,14 @@ fn env_secret(name: &str) -> Option<SecretString> {
 /// The provider the flags describe, or none when no credentials were given. Conflicting or
 /// incomplete flags are usage errors naming the flag.
 pub(crate) fn provider(args: &ServerArgs) -> Result<Option<Arc<dyn AuthProvider>>, CliError> {
+    let provider = build_provider(args)?;
+    if provider.is_some() {
+        CREDENTIALS_GIVEN.store(true, Ordering::Relaxed);
+    }
+    Ok(provider)
+}
+
+fn build_provider(args: &ServerArgs) -> Result<Option<Arc<dyn AuthProvider>>, CliError> {
     let Some(client_id) = &args.client_id else {
         let needs_client = [
             ("--private-key", args.private_key.is_some()),

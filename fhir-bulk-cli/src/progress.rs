@@ -1,9 +1,13 @@
 //! What the user sees while a command runs. On a terminal: a spinner with the server's
 //! X-Progress while the job runs, then a bar per active download (bytes, resources, rate) and
-//! an overall bar, on stderr. Not on a terminal, or with `--quiet`: plain timestamped lines on
-//! stderr, no escape codes.
+//! an overall bar, on stderr; with more than [`MAX_FILE_BARS`] files, only the overall bar
+//! with counts (and no line per file unless `-v`). Not on a terminal, or with `--quiet`:
+//! plain timestamped lines on stderr, no escape codes. Warnings are coloured on a terminal
+//! unless `NO_COLOR` is set. Server text is escaped and cut ([`crate::escape`]).
 
 use crate::args::OutputArgs;
+use crate::escape::{escape, server_text};
+use crate::plural::{count, thousands};
 use crate::{out, time};
 use fhir_bulk::Progress;
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -21,6 +25,38 @@ pub(crate) enum Verbosity {
     Normal,
     /// `-v`: also every poll and every file started.
     Verbose,
+    /// `-vv`: also the library's debug events (redirects).
+    Debug,
+}
+
+impl Verbosity {
+    /// The verbosity `--quiet` and `-v` ask for.
+    pub(crate) fn of(output: &OutputArgs) -> Verbosity {
+        match (output.quiet, output.verbose) {
+            (true, _) => Verbosity::Quiet,
+            (false, 0) => Verbosity::Normal,
+            (false, 1) => Verbosity::Verbose,
+            (false, _) => Verbosity::Debug,
+        }
+    }
+}
+
+/// With more files than this, no bar per file: one overall bar with counts.
+pub(crate) const MAX_FILE_BARS: usize = 8;
+
+/// The bars of the running command, so lines from elsewhere (the tracing layer) are printed
+/// above them instead of through them.
+static PRINTER: Mutex<Option<MultiProgress>> = Mutex::new(None);
+
+/// Prints one line on stderr: above the progress bars when they are shown, else as a plain
+/// timestamped line.
+pub(crate) fn print_line(message: &str) {
+    let message = escape(message);
+    let printer = lock(&PRINTER).clone();
+    match printer {
+        Some(multi) if multi.println(message.as_ref()).is_ok() => {}
+        _ => out::err(&format!("{} {message}", time::now())),
+    }
 }
 
 /// The terminal's bars.
@@ -38,6 +74,10 @@ pub(crate) struct Reporter {
     verbosity: Verbosity,
     last_progress: Mutex<Option<String>>,
     totals: Arc<Totals>,
+    /// Whether there are too many files for a bar each.
+    aggregate: std::sync::atomic::AtomicBool,
+    /// Files to download in this run, and files done.
+    files: (AtomicU64, AtomicU64),
 }
 
 /// Download totals shared by the file bars and the overall bar.
@@ -60,13 +100,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Reporter {
     /// Bars when stderr is a terminal and `--quiet` is not given, plain lines otherwise.
     pub(crate) fn new(output: &OutputArgs) -> Reporter {
-        let verbosity = if output.quiet {
-            Verbosity::Quiet
-        } else if output.verbose > 0 {
-            Verbosity::Verbose
-        } else {
-            Verbosity::Normal
-        };
+        let verbosity = Verbosity::of(output);
         let terminal = !output.quiet
             && std::io::stderr().is_terminal()
             && std::env::var_os("TERM").is_none_or(|t| t != "dumb");
@@ -80,9 +114,14 @@ impl Reporter {
             spinner: Mutex::new(None),
             overall: Mutex::new(None),
         });
+        if let Some(bars) = &bars {
+            *lock(&PRINTER) = Some(bars.multi.clone());
+        }
         Reporter {
             bars,
             verbosity,
+            aggregate: std::sync::atomic::AtomicBool::new(false),
+            files: (AtomicU64::new(0), AtomicU64::new(0)),
             last_progress: Mutex::new(None),
             totals: Arc::new(Totals {
                 started: Mutex::new(Instant::now()),
@@ -93,10 +132,11 @@ impl Reporter {
     }
 
     fn line(&self, message: &str) {
+        let message = escape(message);
         match &self.bars {
             Some(bars) => {
-                if bars.multi.println(message).is_err() {
-                    out::err(message);
+                if bars.multi.println(message.as_ref()).is_err() {
+                    out::err(&message);
                 }
             }
             None => out::err(&format!("{} {message}", time::now())),
@@ -124,7 +164,21 @@ impl Reporter {
 
     /// A warning: always shown.
     pub(crate) fn warn(&self, message: &str) {
-        self.line(&format!("warning: {message}"));
+        let label = out::paint("warning:", out::Tone::Warning, out::colour_on_stderr());
+        let message = escape(message);
+        match &self.bars {
+            Some(bars) => {
+                if bars.multi.println(format!("{label} {message}")).is_err() {
+                    out::err_toned("warning:", &message, out::Tone::Warning);
+                }
+            }
+            None => {
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr().lock(),
+                    format!("{} {label} {message}\n", time::now()).as_bytes(),
+                );
+            }
+        }
     }
 
     /// The job is running: start the spinner.
@@ -140,7 +194,11 @@ impl Reporter {
 
     /// One in-progress answer.
     pub(crate) fn poll(&self, progress: &Progress, polls: u32) {
-        let text = progress.text.as_deref().unwrap_or("in progress");
+        let text = progress
+            .text
+            .as_deref()
+            .map_or_else(|| "in progress".to_owned(), server_text);
+        let text = text.as_str();
         let wait = progress
             .retry_after
             .map(|d| format!(" (Retry-After {})", time::human_duration(d)))
@@ -178,11 +236,17 @@ impl Reporter {
     /// Downloads begin: `files` to fetch in this run.
     pub(crate) fn downloads(&self, files: usize) {
         *lock(&self.totals.started) = Instant::now();
+        let aggregate = files > MAX_FILE_BARS;
+        self.aggregate.store(aggregate, Ordering::Relaxed);
+        self.files.0.store(files as u64, Ordering::Relaxed);
+        self.files.1.store(0, Ordering::Relaxed);
         if let Some(bars) = &self.bars {
             let overall = bars.multi.add(ProgressBar::new(files as u64));
-            overall.set_style(style(
-                "{prefix} [{bar:30}] {pos}/{len} files  {msg}  {elapsed}",
-            ));
+            overall.set_style(style(if aggregate {
+                "{prefix} [{bar:30}] {human_pos}/{human_len} files  {msg}  {elapsed}"
+            } else {
+                "{prefix} [{bar:30}] {pos}/{len} files  {msg}  {elapsed}"
+            }));
             overall.set_prefix("downloading");
             overall.enable_steady_tick(Duration::from_millis(250));
             *lock(&bars.overall) = Some(overall);
@@ -192,12 +256,13 @@ impl Reporter {
     /// One file starts downloading.
     pub(crate) fn file(&self, name: &str, count: Option<u64>, size: Option<u64>) -> FileProgress {
         self.detail(&format!("downloading {name}"));
-        let bar = self.bars.as_ref().map(|bars| {
+        let aggregate = self.aggregate.load(Ordering::Relaxed);
+        let bar = self.bars.as_ref().filter(|_| !aggregate).map(|bars| {
             let bar = match size {
                 Some(size) => {
                     let bar = ProgressBar::new(size);
                     bar.set_style(style(
-                        "  {spinner} {prefix:<30!} [{bar:20}] {bytes:>10}/{total_bytes:<10} \
+                        "  {spinner} {prefix:<30} [{bar:20}] {bytes:>10}/{total_bytes:<10} \
                          {binary_bytes_per_sec:>12}  {msg}",
                     ));
                     bar
@@ -205,12 +270,12 @@ impl Reporter {
                 None => {
                     let bar = ProgressBar::no_length();
                     bar.set_style(style(
-                        "  {spinner} {prefix:<30!} {bytes:>10} {binary_bytes_per_sec:>12}  {msg}",
+                        "  {spinner} {prefix:<30} {bytes:>10} {binary_bytes_per_sec:>12}  {msg}",
                     ));
                     bar
                 }
             };
-            bar.set_prefix(name.to_owned());
+            bar.set_prefix(escape(name).into_owned());
             bar.enable_steady_tick(Duration::from_millis(200));
             let overall = lock(&bars.overall).clone();
             match overall {
@@ -248,10 +313,30 @@ impl Reporter {
         if let Some(overall) = &progress.overall {
             overall.inc(1);
         }
-        self.info(&format!(
-            "saved {name}: {resources} resources, {}",
+        let done = self.files.1.fetch_add(1, Ordering::Relaxed) + 1;
+        let message = format!(
+            "saved {name}: {}, {}",
+            count(resources, "resource"),
             HumanBytes(bytes)
-        ));
+        );
+        if !self.aggregate.load(Ordering::Relaxed) {
+            self.info(&message);
+            return;
+        }
+        // Many files: a line each only with -v; without bars, a line every tenth.
+        self.detail(&message);
+        let total = self.files.0.load(Ordering::Relaxed).max(1);
+        if self.bars.is_none()
+            && self.verbosity == Verbosity::Normal
+            && (done * 10 / total) > ((done - 1) * 10 / total)
+        {
+            self.info(&format!(
+                "downloaded {} of {} ({} resources so far)",
+                thousands(done),
+                count(total, "file"),
+                thousands(self.totals.resources.load(Ordering::Relaxed))
+            ));
+        }
     }
 
     /// A file failed.
@@ -268,6 +353,12 @@ impl Reporter {
     /// Removes every bar (before the summary is printed).
     pub(crate) fn finish(&self) {
         if let Some(bars) = &self.bars {
+            {
+                let mut printer = lock(&PRINTER);
+                if printer.is_some() {
+                    *printer = None;
+                }
+            }
             for slot in [&bars.spinner, &bars.overall] {
                 if let Some(bar) = lock(slot).take() {
                     bar.finish_and_clear();
@@ -322,7 +413,8 @@ impl FileProgress {
                 .as_secs_f64()
                 .max(0.001);
             overall.set_message(format!(
-                "{} at {}/s",
+                "{} resources, {} at {}/s",
+                thousands(self.totals.resources.load(Ordering::Relaxed)),
                 HumanBytes(total_bytes),
                 HumanBytes((total_bytes as f64 / secs) as u64)
             ));
@@ -348,6 +440,24 @@ mod tests {
         assert_eq!(r.totals.data_bytes.load(Ordering::Relaxed), 150);
         assert_eq!(r.totals.resources.load(Ordering::Relaxed), 3);
         r.finish();
+    }
+
+    #[test]
+    fn many_files_get_one_bar_and_no_line_each() {
+        let r = Reporter::with(true, Verbosity::Normal);
+        r.downloads(MAX_FILE_BARS + 1);
+        let f = r.file("Observation.1.ndjson", None, Some(1000));
+        assert!(f.bar.is_none(), "no bar per file");
+        assert!(f.overall.is_some());
+        f.update(4, 1000);
+        r.file_done(&f, "Observation.1.ndjson", 4, 1000);
+        assert_eq!(r.files.1.load(Ordering::Relaxed), 1);
+        r.finish();
+        let r = Reporter::with(true, Verbosity::Normal);
+        r.downloads(MAX_FILE_BARS);
+        assert!(r.file("Patient.1.ndjson", None, None).bar.is_some());
+        r.finish();
+        assert!(lock(&PRINTER).is_none(), "finish unregisters the bars");
     }
 
     #[test]
