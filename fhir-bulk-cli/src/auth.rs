@@ -35,7 +35,30 @@ pub(crate) fn provider(args: &ServerArgs) -> Result<Option<Arc<dyn AuthProvider>
     Ok(provider)
 }
 
+/// Whether `value` is the one the environment variable `name` holds (clap fills a flag from
+/// its variable): a token in FHIR_BULK_TOKEN does not conflict with `--client-id` given on
+/// the command line, nor FHIR_BULK_CLIENT_SECRET with `--private-key`.
+fn from_env(value: &Option<SecretString>, name: &str) -> bool {
+    match (value, env_secret(name)) {
+        (Some(value), Some(env)) => value.expose_secret() == env.expose_secret(),
+        _ => false,
+    }
+}
+
 fn build_provider(args: &ServerArgs) -> Result<Option<Arc<dyn AuthProvider>>, CliError> {
+    let mut args = args.clone();
+    if args.client_id.is_some() && from_env(&args.token, TOKEN_ENV) {
+        args.token = None;
+    }
+    if (args.client_id.is_none() || args.private_key.is_some())
+        && from_env(&args.client_secret, SECRET_ENV)
+    {
+        args.client_secret = None;
+    }
+    build_checked(&args)
+}
+
+fn build_checked(args: &ServerArgs) -> Result<Option<Arc<dyn AuthProvider>>, CliError> {
     let Some(client_id) = &args.client_id else {
         let needs_client = [
             ("--private-key", args.private_key.is_some()),
