@@ -258,8 +258,8 @@ fn auth_message(message: &str, response: Option<&ErrorResponse>) -> String {
         .unwrap_or_default();
     match response {
         Some(r) if r.status == 401 && !credentials_given() => format!(
-            "this server needs credentials (HTTP 401 from {}): give --token (or FHIR_BULK_TOKEN), \
-             or --client-id with --private-key or --client-secret{because}",
+            "this server needs credentials: --token (or FHIR_BULK_TOKEN), or --client-id with \
+             --private-key or --client-secret (HTTP 401 from {}){because}",
             server_text(&r.url)
         ),
         Some(r) if html(r).is_some() => format!(

@@ -4,7 +4,7 @@
 
 use crate::escape::server_text;
 use crate::outcomes::IssueCounts;
-use crate::plural::count;
+use crate::plural::{count, thousands};
 use crate::state::FileRecord;
 use crate::time::human_duration;
 use fhir_bulk::FileKind;
@@ -116,8 +116,8 @@ impl Summary<'_> {
             let _ = writeln!(
                 out,
                 "  {name:<width$}  {:>6}  {:>11}  {:>12}",
-                row.files,
-                row.resources,
+                thousands(row.files),
+                thousands(row.resources),
                 HumanBytes(row.bytes).to_string()
             );
         }
