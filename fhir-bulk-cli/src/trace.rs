@@ -258,8 +258,7 @@ mod tests {
             sink: Arc::new(move |o| into.lock().unwrap().push(o)),
         };
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), emit);
-        let out = seen.lock().unwrap().clone();
-        out
+        seen.lock().unwrap().clone()
     }
 
     fn retry() {

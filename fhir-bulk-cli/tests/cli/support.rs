@@ -260,6 +260,7 @@ pub(crate) async fn token_endpoint(token: &str) -> MockServer {
     tokens
 }
 
+#[allow(dead_code)]
 /// Characters that must never reach a terminal raw: control characters other than newline
 /// (and tab), and the bidi overrides and isolates.
 pub(crate) fn raw_controls(text: &str) -> Vec<char> {
@@ -271,6 +272,7 @@ pub(crate) fn raw_controls(text: &str) -> Vec<char> {
         .collect()
 }
 
+#[allow(dead_code)]
 /// Asserts that a run printed no raw control character or bidi override.
 pub(crate) fn assert_no_raw_controls(run: &Run) {
     for (what, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
