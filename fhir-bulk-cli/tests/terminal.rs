@@ -481,3 +481,39 @@ fn a_run_on_a_terminal_leaves_no_stale_bar_lines() {
     );
     assert!(screen.contains("1 error file; 1 deleted file"), "{screen}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_counts_what_log_ndjson_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(&["demo", "--output-dir", s(dir.path())]).await;
+    assert_code(&r, 0);
+    let done = events(dir.path())
+        .into_iter()
+        .find(|e| e["eventId"] == "export_complete")
+        .expect("export_complete");
+    let files = done["eventDetail"]["files"].as_u64().unwrap();
+    let resources = done["eventDetail"]["resources"].as_u64().unwrap();
+    let thousands = |n: u64| {
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    };
+    let headline = format!(
+        "Export complete: {files} files, {} resources,",
+        thousands(resources)
+    );
+    assert!(r.stdout.starts_with(&headline), "{headline}\n{}", r.stdout);
+    assert!(r.stdout.contains("result:          complete (exit code 0)"));
+    // Right plurals: one error file, one deleted file.
+    assert!(
+        r.stdout.contains("; 1 error file; 1 deleted file"),
+        "{}",
+        r.stdout
+    );
+}
