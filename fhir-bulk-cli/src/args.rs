@@ -1,7 +1,7 @@
 //! The command line: subcommands and options (clap derive). Parsing checks each value's form;
 //! what needs the file system or the library's rules is checked later, still naming the flag.
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use fhir_bulk::SecretString;
 use std::path::PathBuf;
 
@@ -16,13 +16,59 @@ pub(crate) const DEFAULT_OUTPUT_DIR: &str = "fhir-export";
     about = "FHIR Bulk Data ($export) client: kick off, poll, download, resume",
     long_about = "FHIR Bulk Data ($export) client: kick off an export, poll it, download its \
                   files into a directory, and resume after an interruption by running the same \
-                  command again.\n\nExit codes: 0 complete; 1 the export or a transfer failed, \
-                  or error files hold error/fatal issues; 2 bad usage or input; 130 interrupted."
+                  command again.\n\nEvery option can also come from an environment variable \
+                  (FHIR_BULK_<OPTION>, e.g. FHIR_BULK_CONCURRENCY=8, shown with each option) \
+                  or a config file (--config FILE; else ./fhir-bulk.toml, then \
+                  $XDG_CONFIG_HOME/fhir-bulk/config.toml): `concurrency = 8` at the top applies \
+                  to every subcommand, an [export] table to one. A flag beats the environment, \
+                  which beats the file.\n\nExit codes: 0 complete; 1 data is missing (the export \
+                  or a transfer failed); 2 bad usage or input; 3 every file is downloaded but \
+                  the server's error files report error/fatal issues; 130 interrupted."
 )]
 pub(crate) struct Cli {
+    /// A TOML config file of option values [default: ./fhir-bulk.toml, else
+    /// $XDG_CONFIG_HOME/fhir-bulk/config.toml, when present].
+    #[arg(long, global = true, value_name = "FILE", env = "FHIR_BULK_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+
     /// What to do.
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// The command line with an environment variable for every option: `FHIR_BULK_<LONG_NAME>`
+/// (positional arguments, `--verbose` and the demo's options excepted); secrets' values are
+/// never shown in `--help`.
+pub(crate) fn command() -> clap::Command {
+    Cli::command().mut_subcommands(|sub| {
+        if !crate::config::CONFIGURABLE.contains(&sub.get_name()) {
+            return sub;
+        }
+        sub.mut_args(|arg| match env_name(&arg) {
+            Some(name) => {
+                let secret = matches!(arg.get_id().as_str(), "token" | "client_secret");
+                arg.env(name).hide_env_values(secret)
+            }
+            None => arg,
+        })
+    })
+}
+
+/// The environment variable of an option: `FHIR_BULK_` and its long name in capitals.
+pub(crate) fn env_name(arg: &clap::Arg) -> Option<String> {
+    let long = arg.get_long()?;
+    if matches!(long, "help" | "version" | "config")
+        || matches!(
+            arg.get_action(),
+            ArgAction::Count | ArgAction::Help | ArgAction::Version
+        )
+    {
+        return None;
+    }
+    Some(format!(
+        "FHIR_BULK_{}",
+        long.replace('-', "_").to_ascii_uppercase()
+    ))
 }
 
 /// The subcommands.
@@ -39,6 +85,19 @@ pub(crate) enum Command {
     Download(DownloadArgs),
     /// Run a complete export against an in-process demo server on 127.0.0.1 (no network).
     Demo(DemoArgs),
+    /// Print a shell completion script, e.g. `fhir-bulk completions bash >
+    /// ~/.local/share/bash-completion/completions/fhir-bulk`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), e.g. `fhir-bulk man > fhir-bulk.1`.
+    Man,
+}
+
+/// `fhir-bulk completions`.
+#[derive(Args, Clone)]
+pub(crate) struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub(crate) shell: clap_complete::Shell,
 }
 
 /// Authorization and connection options, accepted by every subcommand that talks to a server.
@@ -49,7 +108,8 @@ pub(crate) enum Command {
 /// variables keep secrets out of the process list.
 #[derive(Args, Clone, Default)]
 pub(crate) struct ServerArgs {
-    /// A static bearer token [default: the FHIR_BULK_TOKEN environment variable].
+    /// A static bearer token (better from the FHIR_BULK_TOKEN environment variable, out of
+    /// the process list).
     #[arg(long, value_name = "TOKEN", value_parser = parse_secret, help_heading = "Auth")]
     pub(crate) token: Option<SecretString>,
 
@@ -78,8 +138,8 @@ pub(crate) struct ServerArgs {
     #[arg(long, value_name = "SCOPES", help_heading = "Auth")]
     pub(crate) scope: Option<String>,
 
-    /// The client secret, with --client-id [default: the FHIR_BULK_CLIENT_SECRET environment
-    /// variable].
+    /// The client secret, with --client-id (better from the FHIR_BULK_CLIENT_SECRET
+    /// environment variable).
     #[arg(long, value_name = "SECRET", value_parser = parse_secret, help_heading = "Auth")]
     pub(crate) client_secret: Option<SecretString>,
 
@@ -314,16 +374,16 @@ pub(crate) struct JobTarget {
     pub(crate) server: ServerArgs,
 }
 
-/// `fhir-bulk status`.
+/// `fhir-bulk status`: one poll, so no polling limits.
 #[derive(Args, Clone)]
 pub(crate) struct StatusArgs {
     /// The job.
     #[command(flatten)]
     pub(crate) target: JobTarget,
 
-    /// Polling.
-    #[command(flatten)]
-    pub(crate) poll: PollArgs,
+    /// The unit of a numeric Retry-After value, for the "poll again in" hint.
+    #[arg(long, value_enum, default_value_t = RetryAfterUnitArg::Seconds)]
+    pub(crate) retry_after_unit: RetryAfterUnitArg,
 }
 
 /// `fhir-bulk cancel`.
@@ -441,6 +501,53 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+        command().debug_assert();
+    }
+
+    #[test]
+    fn every_option_has_an_environment_variable() {
+        let cmd = command();
+        let export = cmd.find_subcommand("export").unwrap();
+        let env = |id: &str| {
+            export
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+        };
+        assert_eq!(env("concurrency").as_deref(), Some("FHIR_BULK_CONCURRENCY"));
+        assert_eq!(
+            env("trusted_origins").as_deref(),
+            Some("FHIR_BULK_TRUSTED_ORIGIN")
+        );
+        assert_eq!(env("token").as_deref(), Some("FHIR_BULK_TOKEN"));
+        assert_eq!(
+            env("max_poll_interval").as_deref(),
+            Some("FHIR_BULK_MAX_POLL_INTERVAL")
+        );
+        assert_eq!(
+            env("base_url"),
+            None,
+            "positionals come from the command line"
+        );
+        assert_eq!(env("verbose"), None);
+        for arg in export.get_arguments() {
+            if arg
+                .get_long()
+                .is_some_and(|l| !matches!(l, "help" | "verbose" | "config"))
+            {
+                assert!(arg.get_env().is_some(), "{:?} has no env", arg.get_id());
+            }
+        }
+        let demo = cmd.find_subcommand("demo").unwrap();
+        assert!(demo.get_arguments().all(|a| a.get_env().is_none()));
+        let status = cmd.find_subcommand("status").unwrap();
+        assert!(
+            status
+                .get_arguments()
+                .all(|a| a.get_id() != "max_poll_interval"),
+            "one poll has no poll interval"
+        );
     }
 
     #[test]

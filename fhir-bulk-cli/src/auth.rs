@@ -6,6 +6,11 @@ use crate::error::{CliError, from_lib};
 use fhir_bulk::SecretString;
 use fhir_bulk::auth::{AuthProvider, ClientSecretAuth, SmartBackendAuth, StaticToken};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether this run was given credentials (set by [`provider`]): a 401 then means they were
+/// refused, not missing.
+pub(crate) static CREDENTIALS_GIVEN: AtomicBool = AtomicBool::new(false);
 
 /// The environment variable read when `--token` is not given.
 pub(crate) const TOKEN_ENV: &str = "FHIR_BULK_TOKEN";
@@ -23,6 +28,37 @@ fn env_secret(name: &str) -> Option<SecretString> {
 /// The provider the flags describe, or none when no credentials were given. Conflicting or
 /// incomplete flags are usage errors naming the flag.
 pub(crate) fn provider(args: &ServerArgs) -> Result<Option<Arc<dyn AuthProvider>>, CliError> {
+    let provider = build_provider(args)?;
+    if provider.is_some() {
+        CREDENTIALS_GIVEN.store(true, Ordering::Relaxed);
+    }
+    Ok(provider)
+}
+
+/// Whether `value` is the one the environment variable `name` holds (clap fills a flag from
+/// its variable): a token in FHIR_BULK_TOKEN does not conflict with `--client-id` given on
+/// the command line, nor FHIR_BULK_CLIENT_SECRET with `--private-key`.
+fn from_env(value: &Option<SecretString>, name: &str) -> bool {
+    match (value, env_secret(name)) {
+        (Some(value), Some(env)) => value.expose_secret() == env.expose_secret(),
+        _ => false,
+    }
+}
+
+fn build_provider(args: &ServerArgs) -> Result<Option<Arc<dyn AuthProvider>>, CliError> {
+    let mut args = args.clone();
+    if args.client_id.is_some() && from_env(&args.token, TOKEN_ENV) {
+        args.token = None;
+    }
+    if (args.client_id.is_none() || args.private_key.is_some())
+        && from_env(&args.client_secret, SECRET_ENV)
+    {
+        args.client_secret = None;
+    }
+    build_checked(&args)
+}
+
+fn build_checked(args: &ServerArgs) -> Result<Option<Arc<dyn AuthProvider>>, CliError> {
     let Some(client_id) = &args.client_id else {
         let needs_client = [
             ("--private-key", args.private_key.is_some()),

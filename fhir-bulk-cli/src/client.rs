@@ -3,8 +3,36 @@
 use crate::args::{PollArgs, RetryAfterUnitArg, ServerArgs};
 use crate::auth;
 use crate::error::{CliError, from_lib};
-use fhir_bulk::{BulkClient, PollPolicy, RetryAfterUnit, RetryPolicy};
+use fhir_bulk::{BulkClient, CapabilityStatement, Error, PollPolicy, RetryAfterUnit, RetryPolicy};
 use std::time::Duration;
+
+/// The longest the CLI spends on the CapabilityStatement (read for `log.ndjson` only) before
+/// the kick-off: a server that is down is reported by the kick-off's own retries, not after a
+/// whole retry budget spent on `/metadata`.
+pub(crate) const CAPABILITY_BUDGET: Duration = Duration::from_secs(4);
+
+/// `[base]/metadata`, given at most [`CAPABILITY_BUDGET`].
+pub(crate) async fn capability_statement(
+    client: &BulkClient,
+) -> Result<CapabilityStatement, Error> {
+    match tokio::time::timeout(CAPABILITY_BUDGET, client.capability_statement()).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Transport {
+            context: "the CapabilityStatement request",
+            kind: fhir_bulk::TransportErrorKind::Timeout,
+            url: client
+                .base_url()
+                .join("metadata")
+                .map(|u| fhir_bulk::redact_url_str(u.as_str()))
+                .unwrap_or_default(),
+            message: format!(
+                "no answer within {} s; going on without it",
+                CAPABILITY_BUDGET.as_secs()
+            ),
+            source: None,
+        }),
+    }
+}
 
 /// A client for the FHIR server at `base`, with the auth, headers, trusted origins and poll
 /// policy the flags give.

@@ -2,7 +2,7 @@
 //! and its `manifest.N.json` pages) or from the job's status URL. Files already complete in
 //! the output directory are skipped, so running it again resumes.
 
-use crate::args::DownloadArgs;
+use crate::args::{DownloadArgs, ServerArgs};
 use crate::auth;
 use crate::client;
 use crate::error::{CliError, from_lib};
@@ -30,17 +30,42 @@ fn origin(text: &str) -> Option<String> {
     Some(url.origin().ascii_serialization() + "/")
 }
 
-/// The FHIR base for a manifest file: `--base-url`, else the origin of the manifest's
-/// `request`; without credentials any origin will do, as no token is sent.
+/// The FHIR base of a kick-off URL (a manifest's `request`): what comes before `/$export`,
+/// less a `/Patient` or `/Group/<id>` level.
+fn base_of_request(request: &str) -> Option<String> {
+    let url = Url::parse(request.trim()).ok()?;
+    url.host()?;
+    let path = url.path();
+    let at = path.find("/$export")?;
+    let mut segments: Vec<&str> = path[..at].split('/').collect();
+    match segments.as_slice() {
+        [.., "Group", _] => {
+            segments.truncate(segments.len() - 2);
+        }
+        [.., "Patient"] => {
+            segments.pop();
+        }
+        _ => {}
+    }
+    let mut base = url.clone();
+    base.set_query(None);
+    base.set_fragment(None);
+    base.set_path(&format!("{}/", segments.join("/").trim_end_matches('/')));
+    Some(base.to_string())
+}
+
+/// The FHIR base for a manifest file: `--base-url`, else the FHIR base of the manifest's
+/// `request` (so SMART discovery reads the server's own .well-known/smart-configuration);
+/// without credentials any origin will do, as no token is sent.
 fn manifest_base(args: &DownloadArgs, export: &CompletedExport) -> Result<String, CliError> {
     if let Some(base) = &args.base_url {
         return Ok(base.clone());
     }
-    if let Some(base) = export
-        .manifests
-        .iter()
-        .find_map(|m| m.request.as_deref().and_then(origin))
-    {
+    if let Some(base) = export.manifests.iter().find_map(|m| {
+        m.request
+            .as_deref()
+            .and_then(|r| base_of_request(r).or_else(|| origin(r)))
+    }) {
         return Ok(base);
     }
     if !auth::has_credentials(&args.server) {
@@ -55,6 +80,22 @@ fn manifest_base(args: &DownloadArgs, export: &CompletedExport) -> Result<String
         "the manifest does not name its FHIR server (it has no `request`); give the server's \
          base URL, so the token goes to that server only",
     ))
+}
+
+/// With `--client-id`, gets a token before any file (by reading the CapabilityStatement with
+/// it), so a token endpoint that cannot be found or refuses the client fails the command
+/// once, before the downloads, not once per file.
+async fn token_first(client: &BulkClient, server: &ServerArgs) -> Result<(), CliError> {
+    if server.client_id.is_none() {
+        return Ok(());
+    }
+    match client::capability_statement(client).await {
+        Err(error @ fhir_bulk::Error::Auth { .. }) => Err(CliError::Failed(format!(
+            "no access token, so no file was downloaded: {}",
+            crate::error::describe(&error)
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Downloads the files of a finished job.
@@ -81,12 +122,8 @@ pub(crate) async fn run(args: &DownloadArgs) -> Result<(), CliError> {
     let source = args.source.trim();
     let (client, export, job): (BulkClient, CompletedExport, Option<ExportJob>) = if is_url(source)
     {
-        let base = match &args.base_url {
-            Some(base) => base.clone(),
-            None => origin(source).ok_or_else(|| {
-                CliError::usage("STATUS_URL", format!("`{source}` is not an http(s) URL"))
-            })?,
-        };
+        let base =
+            crate::status::job_base(args.base_url.as_deref(), source, &args.server, "STATUS_URL")?;
         let client = client::build(&base, &args.server, &args.poll)?;
         let job = client.job_at(source).map_err(from_lib)?;
         reporter.milestone(&format!("polling {}", job.status_url()));
@@ -99,6 +136,7 @@ pub(crate) async fn run(args: &DownloadArgs) -> Result<(), CliError> {
         let path = Path::new(source);
         let export = manifest::read(path)?;
         let client = client::build(&manifest_base(args, &export)?, &args.server, &args.poll)?;
+        token_first(&client, &args.server).await?;
         if !same_dir(path.parent().unwrap_or(Path::new(".")), dir) {
             manifest::write(dir, &export)?;
         }
@@ -167,5 +205,23 @@ mod tests {
             Some("https://ehr.example/")
         );
         assert_eq!(origin("manifest.json"), None);
+        let base = |r: &str| base_of_request(r);
+        assert_eq!(
+            base("https://ehr.example/fhir/r4/$export?_type=Patient").as_deref(),
+            Some("https://ehr.example/fhir/r4/")
+        );
+        assert_eq!(
+            base("https://ehr.example/fhir/Patient/$export").as_deref(),
+            Some("https://ehr.example/fhir/")
+        );
+        assert_eq!(
+            base("https://ehr.example:8443/api/FHIR/R4/Group/g-1/$export").as_deref(),
+            Some("https://ehr.example:8443/api/FHIR/R4/")
+        );
+        assert_eq!(
+            base("https://ehr.example/$export").as_deref(),
+            Some("https://ehr.example/")
+        );
+        assert_eq!(base("https://ehr.example/fhir/metadata"), None);
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::args::ExportArgs;
 use crate::client;
-use crate::error::{CliError, describe, from_lib};
+use crate::error::{CliError, Step, describe, describe_in};
 use crate::lock::DirLock;
 use crate::log::{self, EventLog};
 use crate::manifest;
@@ -108,9 +108,9 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
     log::manifest_events(&log, &export);
     manifest::write(dir, &export)?;
     reporter.milestone(&format!(
-        "export ready: {} files (transactionTime {})",
-        export.all_files().len(),
-        export.transaction_time()
+        "export ready: {} (transactionTime {})",
+        crate::plural::count(export.all_files().len() as u64, "file"),
+        crate::escape::server_text(export.transaction_time())
     ));
     let report = downloads.finish(&export, &mut state).await?;
     let issues = transfer::conclude(
@@ -143,11 +143,13 @@ pub(crate) fn open_log(dir: &Path, export_id: &str) -> Result<EventLog, CliError
     })
 }
 
-/// Exit code 1 when the error files hold error or fatal issues.
+/// Exit code 3 when the error files hold error or fatal issues (all the data is here, the
+/// server reported problems).
 pub(crate) fn issues_result(dir: &Path, errors: u64) -> Result<(), CliError> {
     if errors > 0 {
-        return Err(CliError::Failed(format!(
-            "the server's error files hold {errors} error/fatal issue(s): see {}",
+        return Err(CliError::ServerReportedErrors(format!(
+            "every file is downloaded, but the server's error files report {}: see {}",
+            crate::plural::count(errors, "error/fatal issue"),
             dir.join("error").display()
         )));
     }
@@ -191,7 +193,7 @@ async fn kick_off(
     let export_url = export_url(client, request);
     // What the server runs, for the log (as the SMART bulk-data-client records it); a server
     // without a readable CapabilityStatement still gets its export.
-    let server = match client.capability_statement().await {
+    let server = match client::capability_statement(client).await {
         Ok(server) => Some(server),
         Err(error) => {
             reporter.detail(&format!(
@@ -224,7 +226,15 @@ async fn kick_off(
             detail["errorBody"] = failed["body"].clone();
             detail["responseHeaders"] = failed["responseHeaders"].clone();
             log.event("kickoff", detail);
-            return Err(from_lib(error));
+            let refused = if request.kickoff_method() == KickoffMethod::Post {
+                format!(
+                    "POST {export_url} with the parameters {}",
+                    request_parameters(request)
+                )
+            } else {
+                format!("GET {export_url}")
+            };
+            return Err(crate::error::kickoff_refused(error, &refused));
         }
     };
     let mut headers = Map::new();
@@ -383,17 +393,17 @@ async fn wait_reporting(
                      cancelled or expired): {}. Start a new export with --fresh (or delete \
                      that file)",
                     state_path.display(),
-                    describe(&error)
+                    describe_in(&error, Step::Poll)
                 ),
                 e if e.is_retryable() => format!(
                     "{}. The job is still recorded in {}: run the same command again to \
                      resume polling",
-                    describe(e),
+                    describe_in(e, Step::Poll),
                     state_path.display()
                 ),
                 e => format!(
                     "{}. Start a new export with --fresh once the problem is fixed",
-                    describe(e)
+                    describe_in(e, Step::Poll)
                 ),
             }))
         }

@@ -4,26 +4,41 @@
 //! Every line is `{"exportId", "timestamp", "eventId", "eventDetail", "_client",
 //! "_clientVersion"}`. The events: `kickoff`, `status_progress`, `status_error`,
 //! `status_complete`, `status_page_complete`, `manifest_complete`, `download_request`,
-//! `download_complete`, `download_error`, `export_complete`. URLs are logged without their
-//! query strings (pre-signed URLs carry credentials there) and tokens never appear.
+//! `download_complete`, `download_error`, `export_complete`, and from the library's tracing
+//! events `retry`, `download_error` (a download retried) and `download_warning`
+//! ([`crate::trace`]). URLs are logged without their query strings (pre-signed URLs carry credentials there) and tokens never appear.
 
 use fhir_bulk::{CompletedExport, Error, ExportFile, FileKind};
 use serde_json::{Value, json};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The log's file name.
 pub(crate) const LOG_FILE: &str = "log.ndjson";
 
-/// An append-only event log.
-#[derive(Debug)]
+/// An append-only event log. Clones write to the same file.
+#[derive(Debug, Clone)]
 pub(crate) struct EventLog {
-    file: Mutex<File>,
+    file: Arc<Mutex<File>>,
     export_id: String,
-    warned: AtomicBool,
+    warned: Arc<AtomicBool>,
+}
+
+/// The log of the running command, for the entries of the library's tracing events.
+static CURRENT: Mutex<Option<EventLog>> = Mutex::new(None);
+
+/// Appends an event to the log of the running command, if one is open.
+pub(crate) fn to_current(event_id: &str, detail: Value) {
+    let log = CURRENT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if let Some(log) = log {
+        log.event(event_id, detail);
+    }
 }
 
 impl EventLog {
@@ -33,11 +48,15 @@ impl EventLog {
             .create(true)
             .append(true)
             .open(dir.join(LOG_FILE))?;
-        Ok(EventLog {
-            file: Mutex::new(file),
+        let log = EventLog {
+            file: Arc::new(Mutex::new(file)),
             export_id: export_id.to_owned(),
-            warned: AtomicBool::new(false),
-        })
+            warned: Arc::new(AtomicBool::new(false)),
+        };
+        *CURRENT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(log.clone());
+        Ok(log)
     }
 
     /// Appends one event. A failed write is reported once on stderr and does not stop the

@@ -6,10 +6,17 @@
 //! fhir-bulk cancel <STATUS_URL>              DELETE the job
 //! fhir-bulk download <MANIFEST_JSON_FILE|STATUS_URL> --output-dir <DIR>
 //! fhir-bulk demo                             a full export against an in-process server
+//! fhir-bulk completions <SHELL>              a shell completion script
+//! fhir-bulk man                              the man page
 //! ```
 //!
-//! Exit codes: 0 complete; 1 the export or a transfer failed, or error files hold error/fatal
-//! issues; 2 bad usage or bad input; 130 interrupted (Ctrl-C or SIGTERM).
+//! Exit codes: 0 complete; 1 data is missing (the export or a transfer failed); 2 bad usage
+//! or bad input; 3 every file is downloaded but the server's error files report error/fatal
+//! issues; 130 interrupted (Ctrl-C or SIGTERM).
+//!
+//! Options come from the command line, else `FHIR_BULK_*` environment variables, else a
+//! config file ([`config`]). Server text is escaped before it is shown ([`escape`]); the
+//! library's tracing events become terminal lines and log entries ([`trace`]).
 //!
 //! One module per job: [`args`] (the command line), [`auth`] and [`client`] (the library
 //! client from the flags), [`request`] (the kick-off), [`export`] (the export flow),
@@ -23,15 +30,18 @@
 mod args;
 mod auth;
 mod client;
+mod config;
 mod demo;
 mod download;
 mod error;
+mod escape;
 mod export;
 mod lock;
 mod log;
 mod manifest;
 mod out;
 mod outcomes;
+mod plural;
 mod progress;
 mod request;
 mod signal;
@@ -39,12 +49,24 @@ mod state;
 mod status;
 mod summary;
 mod time;
+mod trace;
 mod transfer;
 
 use args::{Cli, Command};
-use clap::Parser;
+use clap::FromArgMatches;
 use error::CliError;
 use std::process::ExitCode;
+
+/// `-v` and `--quiet` of the subcommand, for the tracing events shown.
+fn verbosity(command: &Command) -> progress::Verbosity {
+    let output = match command {
+        Command::Export(args) => &args.output,
+        Command::Download(args) => &args.output,
+        Command::Demo(args) => &args.output,
+        _ => return progress::Verbosity::Normal,
+    };
+    progress::Verbosity::of(output)
+}
 
 /// What to tell the user after an interruption.
 fn interrupted_hint(command: &Command) -> Option<String> {
@@ -62,11 +84,42 @@ async fn run(command: &Command) -> Result<(), CliError> {
         Command::Cancel(args) => status::cancel(args).await,
         Command::Download(args) => download::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Completions(args) => {
+            let mut cmd = args::command();
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut cmd, "fhir-bulk", &mut script);
+            out::raw(&script);
+            Ok(())
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(args::command())
+                .render(&mut page)
+                .map_err(|e| CliError::Failed(format!("cannot render the man page: {e}")))?;
+            out::raw(&page);
+            Ok(())
+        }
     }
 }
 
+/// The command line, with the config file's values for options neither it nor the
+/// environment sets.
+fn parse() -> Result<Cli, CliError> {
+    let cmd = args::command();
+    let words = config::apply(&cmd, std::env::args_os().collect())?;
+    let matches = cmd.get_matches_from(words);
+    Cli::from_arg_matches(&matches).map_err(|e| CliError::Usage(e.to_string()))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            out::err_toned("error:", &error.to_string(), out::Tone::Error);
+            return error.exit_code();
+        }
+    };
+    trace::install(verbosity(&cli.command));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -99,8 +152,12 @@ fn main() -> ExitCode {
             }
             CliError::Interrupted.exit_code()
         }
+        Err(error @ CliError::ServerReportedErrors(_)) => {
+            out::err_toned("warning:", &error.to_string(), out::Tone::Warning);
+            error.exit_code()
+        }
         Err(error) => {
-            out::err(&format!("error: {error}"));
+            out::err_toned("error:", &error.to_string(), out::Tone::Error);
             error.exit_code()
         }
     }

@@ -2,10 +2,13 @@
 //! time and throughput, the error-file and deleted counts, and the transactionTime to pass as
 //! the next `--since`.
 
+use crate::escape::server_text;
 use crate::outcomes::IssueCounts;
+use crate::plural::{count, thousands};
 use crate::state::FileRecord;
 use crate::time::human_duration;
 use fhir_bulk::FileKind;
+use fhir_bulk::resource::Timestamp;
 use indicatif::HumanBytes;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -71,15 +74,28 @@ impl Summary<'_> {
         });
         let secs = self.download_elapsed.as_secs_f64().max(0.001);
         let rate = HumanBytes((self.downloaded_bytes as f64 / secs) as u64);
+        // The same totals as log.ndjson's `export_complete`: every file, error and deleted
+        // files included, in NDJSON bytes.
+        let all_files = self.files.len() as u64;
+        let all_resources: u64 = self.files.values().map(|f| f.resources).sum();
+        let all_bytes: u64 = self.files.values().map(|f| f.data_bytes).sum();
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "Export complete: {} resource types, {} files, {} resources, {} in {}",
-            rows.len(),
-            total.files,
-            total.resources,
-            HumanBytes(total.bytes),
+            "Export complete: {}, {}, {} of NDJSON in {}",
+            count(all_files, "file"),
+            count(all_resources, "resource"),
+            HumanBytes(all_bytes),
             human_duration(self.elapsed),
+        );
+        let _ = writeln!(
+            out,
+            "  output: {} in {}, {}; {}; {}",
+            count(rows.len() as u64, "resource type"),
+            count(total.files, "file"),
+            count(total.resources, "resource"),
+            count(errors.files, "error file"),
+            count(deleted.files, "deleted file"),
         );
         let _ = writeln!(
             out,
@@ -100,8 +116,8 @@ impl Summary<'_> {
             let _ = writeln!(
                 out,
                 "  {name:<width$}  {:>6}  {:>11}  {:>12}",
-                row.files,
-                row.resources,
+                thousands(row.files),
+                thousands(row.resources),
                 HumanBytes(row.bytes).to_string()
             );
         }
@@ -109,9 +125,9 @@ impl Summary<'_> {
         let issues = self.issues.describe();
         let _ = writeln!(
             out,
-            "  error files:     {} ({} OperationOutcomes{})",
+            "  error files:     {} ({}{})",
             errors.files,
-            errors.resources,
+            count(errors.resources, "OperationOutcome"),
             if issues.is_empty() {
                 String::new()
             } else {
@@ -120,18 +136,40 @@ impl Summary<'_> {
         );
         let _ = writeln!(
             out,
-            "  deleted files:   {} ({} Bundles)",
-            deleted.files, deleted.resources
+            "  deleted files:   {} ({})",
+            deleted.files,
+            count(deleted.resources, "Bundle")
         );
         if let Some(time) = self.transaction_time {
-            let _ = writeln!(
-                out,
-                "  transactionTime: {time}  (next incremental export: --since {time})"
-            );
+            if Timestamp::parse(time.trim()).is_some() {
+                let time = server_text(time);
+                let _ = writeln!(
+                    out,
+                    "  transactionTime: {time}  (next incremental export: --since {time})"
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  transactionTime: {}  (not a FHIR instant: the server's value cannot be \
+                     the next --since)",
+                    server_text(time)
+                );
+            }
         }
         let _ = writeln!(out, "  files in:        {}", self.output_dir.display());
         if let Some(note) = &self.job_note {
             let _ = writeln!(out, "  job:             {note}");
+        }
+        let errors = self.issues.errors();
+        if errors > 0 {
+            let _ = writeln!(
+                out,
+                "  result:          all the data is here, but the server reported {} in its \
+                 error files (exit code 3)",
+                count(errors, "error/fatal issue")
+            );
+        } else {
+            let _ = writeln!(out, "  result:          complete (exit code 0)");
         }
         out
     }
@@ -186,7 +224,17 @@ mod tests {
         };
         let text = summary.render();
         assert!(
-            text.contains("2 resource types, 3 files, 110 resources"),
+            text.contains("Export complete: 4 files, 112 resources, 7.10 KiB of NDJSON"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "output: 2 resource types in 3 files, 110 resources; 1 error file; 0 deleted files"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("result:          complete (exit code 0)"),
             "{text}"
         );
         assert!(text.contains("(2.00 KiB/s)"), "{text}");
@@ -196,9 +244,41 @@ mod tests {
             "{obs}"
         );
         assert!(text.contains("error files:     1 (2 OperationOutcomes; issues: 2 warning)"));
-        assert!(text.contains("deleted files:   0"));
+        assert!(text.contains("deleted files:   0 (0 Bundles)"), "{text}");
         assert!(text.contains("--since 2024-03-01T17:35:02Z"));
         assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn errors_exit_3_and_a_garbage_transaction_time_is_no_since() {
+        let files = BTreeMap::new();
+        let summary = Summary {
+            files: &files,
+            issues: IssueCounts {
+                error: 1,
+                ..IssueCounts::default()
+            },
+            elapsed: Duration::from_secs(1),
+            downloaded_bytes: 0,
+            download_elapsed: Duration::from_secs(1),
+            transaction_time: Some("yesterday\x1b[2J"),
+            output_dir: Path::new("out"),
+            job_note: None,
+        };
+        let text = summary.render();
+        assert!(!text.contains("--since yesterday"), "{text}");
+        assert!(
+            text.contains("yesterday\\x1b[2J  (not a FHIR instant"),
+            "{text}"
+        );
+        assert!(
+            text.contains("reported 1 error/fatal issue in its error files (exit code 3)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Export complete: 0 files, 0 resources"),
+            "{text}"
+        );
     }
 
     #[test]

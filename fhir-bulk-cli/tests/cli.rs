@@ -827,7 +827,7 @@ async fn failures_exit_1_and_never_show_the_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn error_files_with_error_issues_exit_1_after_a_complete_download() {
+async fn error_files_with_error_issues_exit_3_after_a_complete_download() {
     let srv = server(
         TestServer::builder()
             .patients(1)
@@ -838,18 +838,19 @@ async fn error_files_with_error_issues_exit_1_after_a_complete_download() {
     let dir = tempfile::tempdir().unwrap();
     let base = srv.base_url().to_string();
     let r = run(&["export", &base, "--output-dir", s(dir.path()), FAST]).await;
-    assert_code(&r, 1);
+    assert_code(&r, 3);
     assert!(r.stderr.contains("1 error/fatal issue"), "{}", r.stderr);
     assert!(
         r.stdout.contains("issues: 1 error, 1 warning"),
         "{}",
         r.stdout
     );
+    assert!(r.stdout.contains("(exit code 3)"), "{}", r.stdout);
     assert_files_match(&srv, dir.path(), false);
     assert_eq!(state(dir.path())["phase"], "complete");
     // Running it again reports the same verdict without a new export.
     let r = run(&["export", &base, "--output-dir", s(dir.path()), FAST]).await;
-    assert_code(&r, 1);
+    assert_code(&r, 3);
     assert!(r.stderr.contains("already complete"), "{}", r.stderr);
     assert_eq!(kickoffs(&srv).len(), 1);
 }

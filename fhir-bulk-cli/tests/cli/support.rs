@@ -35,6 +35,9 @@ pub(crate) fn command(args: &[&str]) -> Command {
     cmd.args(args)
         .env_remove("FHIR_BULK_TOKEN")
         .env_remove("FHIR_BULK_CLIENT_SECRET")
+        // No config file of the developer's: only the ones a test writes.
+        .env_remove("FHIR_BULK_CONFIG")
+        .env("XDG_CONFIG_HOME", "/nonexistent/fhir-bulk-tests")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -343,5 +346,26 @@ impl FileServer {
 
     pub(crate) fn requests(&self) -> usize {
         self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[allow(dead_code)]
+/// Characters that must never reach a terminal raw: control characters other than newline
+/// (and tab), and the bidi overrides and isolates.
+pub(crate) fn raw_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|&c| {
+            (c.is_control() && c != '\n' && c != '\t')
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+        .collect()
+}
+
+#[allow(dead_code)]
+/// Asserts that a run printed no raw control character or bidi override.
+pub(crate) fn assert_no_raw_controls(run: &Run) {
+    for (what, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
+        let found = raw_controls(text);
+        assert!(found.is_empty(), "raw {found:?} on {what}:\n{text}");
     }
 }

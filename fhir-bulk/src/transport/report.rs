@@ -129,10 +129,10 @@ mod tests {
             500,
             &url,
             &HeaderMap::new(),
-            b"<p>Bearer zzz999</p>",
+            b"<p>Bearer zzz999zzz999</p>",
             None,
             [],
         );
-        assert!(!html.to_string().contains("zzz999"), "{html}");
+        assert!(!html.to_string().contains("zzz999zzz999"), "{html}");
     }
 }

@@ -15,17 +15,43 @@ pub(crate) fn scrub<'s>(text: &str, secrets: impl IntoIterator<Item = &'s str>) 
             out = out.replace(secret, REDACTED);
         }
     }
-    let out = redact_after(&out, "authorization", |c| {
-        c == '\n' || c == '\r' || c == '"'
-    });
-    redact_after(&out, "bearer ", |c| {
-        c.is_whitespace() || matches!(c, '"' | '\'' | '<' | ',' | ';' | '}' | ')')
-    })
+    // `Authorization: ...` / `"authorization":"..."`: a header or key echo, not the word in a
+    // sentence ("authorization failed").
+    let out = redact_after(
+        &out,
+        "authorization",
+        true,
+        |c| c == '\n' || c == '\r' || c == '"',
+        |_| true,
+    );
+    redact_after(
+        &out,
+        "bearer ",
+        false,
+        |c| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | ',' | ';' | '}' | ')'),
+        looks_like_credential,
+    )
+}
+
+/// Whether a word after `Bearer ` looks like a credential rather than prose ("bearer token
+/// missing"): long, or of some length with the digits and punctuation tokens are made of.
+fn looks_like_credential(value: &str) -> bool {
+    let symbols = value
+        .chars()
+        .any(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '_' | '~' | '+' | '/' | '='));
+    value.len() >= 16 || (value.len() >= 8 && symbols)
 }
 
 /// Replaces what follows each case-insensitive `marker` (after an optional `:`/`"`/spaces
-/// separator) up to the first character for which `stop` is true.
-fn redact_after(text: &str, marker: &str, stop: impl Fn(char) -> bool) -> String {
+/// separator, which must hold a `:` or `=` when `keyed`) up to the first character for which
+/// `stop` is true, when `secret` says the value is one.
+fn redact_after(
+    text: &str,
+    marker: &str,
+    keyed: bool,
+    stop: impl Fn(char) -> bool,
+    secret: impl Fn(&str) -> bool,
+) -> String {
     let lower = text.to_ascii_lowercase();
     let mut out = String::with_capacity(text.len());
     let mut pos = 0;
@@ -44,8 +70,11 @@ fn redact_after(text: &str, marker: &str, stop: impl Fn(char) -> bool) -> String
             .char_indices()
             .find(|(_, c)| stop(*c))
             .map_or(value.len(), |(i, _)| i);
-        if end > 0 {
+        let separated = !keyed || rest[..sep].contains([':', '=']);
+        if end > 0 && separated && secret(&value[..end]) {
             out.push_str(REDACTED);
+        } else {
+            out.push_str(&value[..end]);
         }
         pos = start + sep + end;
         // An `Authorization: Bearer x` echo is already replaced as a whole.
@@ -75,5 +104,12 @@ mod tests {
         assert!(clean.contains("refused"), "{clean}");
         assert_eq!(scrub("nothing here", ["ab"]), "nothing here");
         assert_eq!(scrub("a bearer", []), "a bearer");
+        // Prose is not a credential.
+        assert_eq!(scrub("bearer token missing", []), "bearer token missing");
+        assert_eq!(
+            scrub("authorization failed for this client", []),
+            "authorization failed for this client"
+        );
+        assert!(!scrub("Bearer abcdefghijklmnopqrstu", []).contains("abcdefghijklmnopqrstu"));
     }
 }
