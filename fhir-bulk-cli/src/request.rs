@@ -106,7 +106,6 @@ fn pass_through(
         "includeAssociatedData" => list()
             .into_iter()
             .fold(request, |r, code| r.include_associated_data(code)),
-        "patient" => request.post().patient(v),
         "allowPartialManifests" => match v {
             "true" => request.allow_partial_manifests(true),
             "false" => request.allow_partial_manifests(false),
