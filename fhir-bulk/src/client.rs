@@ -282,15 +282,26 @@ impl HttpOptions {
             } else {
                 None
             };
-            let certs = certs.filter(|c| !c.is_empty()).ok_or_else(|| {
-                invalid(
-                    "http_options.root_certificate",
-                    format!(
-                        "root certificate {} is not PEM with a `BEGIN CERTIFICATE` block",
-                        n + 1
-                    ),
-                )
-            })?;
+            // The TLS stack checks the DER only when a client is built: probe each one, so
+            // the error names this setting.
+            let certs = certs
+                .filter(|c| !c.is_empty())
+                .filter(|c| {
+                    reqwest::Client::builder()
+                        .tls_certs_merge(c.iter().cloned())
+                        .build()
+                        .is_ok()
+                })
+                .ok_or_else(|| {
+                    invalid(
+                        "http_options.root_certificate",
+                        format!(
+                            "root certificate {} is not a PEM certificate (`BEGIN \
+                             CERTIFICATE` block holding a valid X.509 certificate)",
+                            n + 1
+                        ),
+                    )
+                })?;
             builder = builder.tls_certs_merge(certs);
         }
         if let Some((cert, key)) = &self.identity {

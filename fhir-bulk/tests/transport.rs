@@ -270,3 +270,155 @@ async fn errors_never_show_tokens_or_signed_queries() {
     assert!(shown.contains("[redacted]"), "{shown}");
     assert!(!format!("{client:?}").contains("TOKENSECRET"));
 }
+
+/// A token endpoint that answers 307 to another origin: the client secret (in the body and
+/// in Basic auth) never reaches it; the error says to give the final URL.
+#[tokio::test]
+async fn a_redirected_token_post_never_reaches_another_origin() {
+    use fhir_bulk::auth::{ClientSecretAuth, ClientSecretMethod};
+    use fhir_bulk_test_server::raw::{RawReply, RawServer};
+    let thief = RawServer::start(|_, _| RawReply::framed(200, &[], b"{}"))
+        .await
+        .unwrap();
+    let to = thief.url("/token");
+    let auth_server =
+        RawServer::start(move |_, _| RawReply::framed(307, &[("Location", to.as_str())], b""))
+            .await
+            .unwrap();
+    for method in [ClientSecretMethod::Post, ClientSecretMethod::Basic] {
+        let auth = ClientSecretAuth::builder("client", "client-SECRET-42")
+            .method(method)
+            .token_url(auth_server.url("/token"))
+            .scope("system/*.read")
+            .build()
+            .unwrap();
+        let client = BulkClient::builder(auth_server.url("/fhir"))
+            .auth(auth)
+            .sleep_fn(Sleeps::default().sleep_fn())
+            .build()
+            .unwrap();
+        let err = client
+            .kick_off(&fhir_bulk::ExportRequest::system())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+        assert!(err.to_string().contains("redirect"), "{err}");
+        assert!(!format!("{err} {err:?}").contains("SECRET"), "{err:?}");
+    }
+    assert!(
+        thief.requests().is_empty(),
+        "the secret went to another origin"
+    );
+}
+
+/// A file server that redirects to another origin: neither the token nor the extra headers
+/// go along.
+#[tokio::test]
+async fn a_redirected_download_carries_no_credentials_across_origins() {
+    use fhir_bulk::{CompletedExport, DownloadOptions, FileKind, Manifest};
+    use fhir_bulk_test_server::raw::{RawReply, RawServer};
+    use futures::StreamExt;
+    let storage = RawServer::start(|_, _| {
+        RawReply::framed(200, &[], b"{\"resourceType\":\"Patient\",\"id\":\"p1\"}\n")
+    })
+    .await
+    .unwrap();
+    let to = storage.url("/signed/1?sig=abc");
+    let fhir =
+        RawServer::start(move |_, _| RawReply::framed(302, &[("Location", to.as_str())], b""))
+            .await
+            .unwrap();
+    let client = BulkClient::builder(fhir.url("/fhir"))
+        .bearer_token("tok-SECRET-1")
+        .header("Epic-Client-ID", "epic-1")
+        .build()
+        .unwrap();
+    let json = serde_json::json!({
+        "transactionTime": "2024-01-01T00:00:00Z", "requiresAccessToken": true,
+        "output": [{"type": "Patient", "url": fhir.url("/files/1")}], "error": []
+    });
+    let manifest = Manifest::from_slice(json.to_string().as_bytes(), "test").unwrap();
+    let export =
+        CompletedExport::from_manifests(Url::parse(&fhir.url("/jobs/1")).unwrap(), vec![manifest]);
+    let file = export.files(FileKind::Output).remove(0);
+    let lines: Vec<_> = client
+        .download_lines(&file, &DownloadOptions::default())
+        .collect()
+        .await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].is_ok());
+    let first = &fhir.requests()[0];
+    assert!(first.header("authorization").is_some());
+    assert_eq!(first.header("epic-client-id"), Some("epic-1"));
+    let hop = &storage.requests()[0];
+    assert_eq!(hop.header("authorization"), None);
+    assert_eq!(hop.header("epic-client-id"), None);
+}
+
+/// The proxy setting applies to the crate's own clients: a raw server playing an HTTP proxy
+/// sees the absolute-form request.
+#[tokio::test]
+async fn the_proxy_setting_is_honoured() {
+    use fhir_bulk::HttpOptions;
+    use fhir_bulk_test_server::raw::{RawReply, RawServer};
+    let proxy = RawServer::start(|_, _| {
+        RawReply::framed(
+            200,
+            &[("Content-Type", "application/fhir+json")],
+            br#"{"resourceType":"CapabilityStatement","software":{"name":"Proxied"}}"#,
+        )
+    })
+    .await
+    .unwrap();
+    let client = BulkClient::builder("http://fhir.invalid/fhir")
+        .allow_insecure_http(true)
+        .http_options(HttpOptions::default().with_proxy(proxy.url("")))
+        .build()
+        .unwrap();
+    let cs = client.capability_statement().await.unwrap();
+    assert_eq!(cs.software_name.as_deref(), Some("Proxied"));
+    let seen = proxy.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "http://fhir.invalid/fhir/metadata");
+}
+
+/// Unusable TLS and proxy settings are typed errors that name the setting.
+#[test]
+fn bad_http_options_name_the_setting() {
+    use fhir_bulk::HttpOptions;
+    let setting = |options: HttpOptions| match BulkClient::builder("https://ehr.example/fhir")
+        .http_options(options)
+        .build()
+    {
+        Err(Error::InvalidConfig { setting, message }) => {
+            assert!(!message.contains("KEY-SECRET"), "{message}");
+            setting
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        setting(HttpOptions::default().with_root_certificate_pem("not a certificate")),
+        "http_options.root_certificate"
+    );
+    assert_eq!(
+        setting(HttpOptions::default().with_root_certificate_pem(
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+        )),
+        "http_options.root_certificate"
+    );
+    assert_eq!(
+        setting(HttpOptions::default().with_identity_pem("nope", "KEY-SECRET")),
+        "http_options.identity"
+    );
+    assert_eq!(
+        setting(HttpOptions::default().with_proxy("not a url")),
+        "http_options.proxy"
+    );
+    let debug = format!(
+        "{:?}",
+        HttpOptions::default()
+            .with_proxy("http://user:pw-SECRET@proxy.example:3128")
+            .with_identity_pem("c", "KEY-SECRET")
+    );
+    assert!(!debug.contains("SECRET"), "{debug}");
+}

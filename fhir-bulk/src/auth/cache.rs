@@ -102,6 +102,11 @@ impl TokenCache {
                     .filter(|l| !l.is_zero())
                     .unwrap_or(DEFAULT_LIFETIME);
                 let margin = self.margin.min(lifetime / 2);
+                tracing::info!(
+                    target: "fhir_bulk::auth",
+                    lifetime_s = lifetime.as_secs(),
+                    "token refreshed"
+                );
                 *self.lock() = Some(Cached {
                     token: fresh.token.clone(),
                     refresh_at: asked_at + (lifetime - margin),

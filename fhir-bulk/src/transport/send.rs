@@ -238,7 +238,6 @@ impl Inner {
             {
                 refreshed = true;
                 auth.token_rejected(token);
-                tracing::info!(target: "fhir_bulk::auth", "token refreshed");
                 continue;
             }
             return Ok(response);
