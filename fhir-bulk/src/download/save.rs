@@ -534,6 +534,12 @@ impl Sink {
         self.buffer = chunk;
         self.buffer.clear();
         if let Some(mut state) = self.pending.take() {
+            // The lines must be in the file (not in tokio's write-behind buffer) before the
+            // sidecar says they are.
+            self.file
+                .flush()
+                .await
+                .map_err(|e| io_error("writing", &self.path, e))?;
             state.part_bytes = self.written;
             let sidecar = sidecar_path(&self.path);
             let text = serde_json::to_vec(&state).unwrap_or_default();
