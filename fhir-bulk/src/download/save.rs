@@ -611,8 +611,10 @@ struct Tally {
 
 impl BulkClient {
     /// Downloads one file to `path` (written as `path` + `.part`, renamed when complete and
-    /// checked), continuing a `.part` an interrupted earlier download left (see the
-    /// [module documentation](self)).
+    /// checked), continuing a `.part` an interrupted earlier download left, in this process
+    /// or another: with `Range` + `If-Range` when the server offers ranges, otherwise by
+    /// reading the file again and skipping the lines the `.part` holds (identity saves; see
+    /// [`SavedFile::resumed_bytes`]). A permanent failure removes the `.part`.
     pub async fn save_file(
         &self,
         file: &ExportFile,
