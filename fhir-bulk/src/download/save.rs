@@ -1033,4 +1033,80 @@ mod tests {
         assert_ne!(a, SaveOptions::default().with_progress(|_, _, _| {}));
         assert!(format!("{a:?}").contains("on_progress"));
     }
+
+    #[test]
+    fn permanent_failures_drop_the_part_interruptions_keep_it() {
+        let io = Error::Io {
+            action: "writing",
+            path: "x".into(),
+            source: std::io::Error::other("disk full"),
+        };
+        assert!(keeps_part(&io));
+        let count = Error::CountMismatch {
+            file: "f".into(),
+            expected: 1,
+            actual: 2_000,
+        };
+        assert!(!keeps_part(&count));
+        let line = Error::InvalidLine {
+            file: "f".into(),
+            line: 3,
+            kind: LineErrorKind::Parse,
+            message: "cut".into(),
+        };
+        assert!(!keeps_part(&line));
+    }
+
+    fn state() -> ResumeState {
+        ResumeState {
+            version: RESUME_VERSION,
+            url: "http://h/files/1".into(),
+            part_bytes: 100,
+            lines: 3,
+            data_bytes: 100,
+            counted: 4,
+            offset: 120,
+            line: 6,
+            lines_delivered: 4,
+            validator: Some("\"v1\"".into()),
+        }
+    }
+
+    #[test]
+    fn a_sidecar_is_used_only_for_its_file_and_a_long_enough_part() {
+        let s = state();
+        assert!(usable_resume(&s, "http://h/files/1", 100));
+        assert!(
+            usable_resume(&s, "http://h/files/1", 150),
+            "later bytes are cut off"
+        );
+        assert!(
+            !usable_resume(&s, "http://h/files/1", 99),
+            "the part lost bytes"
+        );
+        assert!(!usable_resume(&s, "http://h/files/2", 100), "another file");
+        let old = ResumeState {
+            version: 0,
+            ..state()
+        };
+        assert!(!usable_resume(&old, "http://h/files/1", 100));
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<ResumeState>(&text).unwrap(), s);
+        assert!(sidecar_path(Path::new("/d/P.1.ndjson.part")).ends_with("P.1.ndjson.part.resume"));
+    }
+
+    #[test]
+    fn warnings_say_what_happened() {
+        let w = SaveWarning::CountMismatch {
+            expected: 66,
+            actual: 1,
+        };
+        assert!(w.to_string().contains("66") && w.to_string().contains("saved as sent"));
+        let w = SaveWarning::InvalidLine {
+            line: 7,
+            kind: LineErrorKind::Parse,
+            message: "trailing characters".into(),
+        };
+        assert!(w.to_string().starts_with("line 7 left out"));
+    }
 }
