@@ -230,10 +230,33 @@ fn sidecar_offset(path: &std::path::Path) -> Option<u64> {
     serde_json::from_slice::<serde_json::Value>(&text).ok()?["offset"].as_u64()
 }
 
-async fn survives_kills(kills: Vec<u64>, ranges: bool) {
+/// Each run is a "process" of its own: a fresh runtime and client, dropped after the kill, so
+/// file operations it had in flight end with it (as they do when a process dies) instead of
+/// racing the next run.
+fn run_in_process(
+    base: &str,
+    file: &fhir_bulk::ExportFile,
+    path: &std::path::Path,
+    kill_at: Option<u64>,
+) -> Option<fhir_bulk::download::SavedFile> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = runtime.block_on(run_once(base, file, path, kill_at));
+    drop(runtime); // waits for its blocking file operations
+    result
+}
+
+fn survives_kills(kills: Vec<u64>, ranges: bool) {
     let lines = 6_000;
     let (raw, want) = messy_file(lines);
-    let server = file_server(raw.clone(), ranges).await;
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = server_runtime.block_on(file_server(raw.clone(), ranges));
     let base = server.url("");
     let file = one_file_export(&server.url("/files/1"), lines);
     let dir = tempfile::tempdir().unwrap();
@@ -244,14 +267,14 @@ async fn survives_kills(kills: Vec<u64>, ranges: bool) {
     let mut offsets = Vec::new();
     let mut finished = None;
     for &at in &kills {
-        finished = run_once(&base, &file, &path, Some(at)).await;
+        finished = run_in_process(&base, &file, &path, Some(at));
         if finished.is_some() || (path.exists() && !part.exists()) {
             break; // finished before the kill point, or killed as it renamed the file
         }
         offsets.push(sidecar_offset(&path));
     }
-    if finished.is_none() && !path.exists() {
-        finished = run_once(&base, &file, &path, None).await;
+    if finished.is_none() && (part.exists() || !path.exists()) {
+        finished = run_in_process(&base, &file, &path, None);
         assert!(finished.is_some(), "a run without a kill point finishes");
     }
     let got = std::fs::read_to_string(&path).unwrap();
@@ -285,14 +308,14 @@ async fn survives_kills(kills: Vec<u64>, ranges: bool) {
     }
 }
 
-#[tokio::test]
-async fn a_killed_save_resumes_with_range_in_a_new_run() {
-    survives_kills(vec![300_000, 520_000], true).await;
+#[test]
+fn a_killed_save_resumes_with_range_in_a_new_run() {
+    survives_kills(vec![300_000, 520_000], true);
 }
 
-#[tokio::test]
-async fn a_killed_save_resumes_by_skipping_without_range() {
-    survives_kills(vec![280_000], false).await;
+#[test]
+fn a_killed_save_resumes_by_skipping_without_range() {
+    survives_kills(vec![280_000], false);
 }
 
 proptest::proptest! {
@@ -305,7 +328,6 @@ proptest::proptest! {
         kills in proptest::collection::vec(1u64..700_000, 1..4),
         ranges in proptest::prelude::any::<bool>(),
     ) {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(survives_kills(kills, ranges));
+        survives_kills(kills, ranges);
     }
 }
