@@ -615,6 +615,10 @@ impl BulkClient {
     /// or another: with `Range` + `If-Range` when the server offers ranges, otherwise by
     /// reading the file again and skipping the lines the `.part` holds (identity saves; see
     /// [`SavedFile::resumed_bytes`]). A permanent failure removes the `.part`.
+    ///
+    /// Within one process, do not start a second save of the same path while a dropped one
+    /// may still have a file operation on tokio's blocking pool (one write or rename); after
+    /// a process exits, or once its runtime is dropped, resuming is always safe.
     pub async fn save_file(
         &self,
         file: &ExportFile,
