@@ -1,5 +1,8 @@
 //! Download throughput from the in-process server on loopback: the socket ceiling (bytes read
-//! and dropped), raw lines, the default `Resource`, a small user struct, `serde_json::Value`.
+//! and dropped), raw lines (every line checked whole), the default `Resource`, a small user
+//! struct, `serde_json::Value`, raw lines with gzip on the wire; and, without a server, the
+//! two costs a download adds per byte: gzip decoding (as the client feeds it, 8 KiB slices)
+//! and the whole-line check.
 //!
 //! `cargo bench -p fhir-bulk --bench throughput`
 
@@ -13,6 +16,7 @@ use fhir_bulk::{BulkClient, DownloadOptions, ExportFile};
 use fhir_bulk_test_server::TestServer;
 use futures::TryStreamExt;
 use serde::de::DeserializeOwned;
+use std::io::Write;
 use std::sync::OnceLock;
 
 /// 256 MiB per iteration.
@@ -124,6 +128,108 @@ fn user_struct(bencher: Bencher) {
 #[divan::bench(sample_count = 5, sample_size = 1)]
 fn serde_json_value(bencher: Bencher) {
     bench_typed::<serde_json::Value>(bencher);
+}
+
+/// A smaller file served with `Content-Encoding: gzip`, for the gzip path end to end.
+struct GzipSetup {
+    runtime: tokio::runtime::Runtime,
+    _server: TestServer,
+    client: BulkClient,
+    file: ExportFile,
+    /// The file's NDJSON (decoded) and as the server gzips it.
+    ndjson: Vec<u8>,
+    packed: Vec<u8>,
+    lines: u64,
+}
+
+/// 64 MiB of NDJSON per iteration for the gzip benches.
+const GZIP_FILE_BYTES: u64 = 64 << 20;
+
+fn gzip_setup() -> &'static GzipSetup {
+    static SETUP: OnceLock<GzipSetup> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (server, client, file) =
+            runtime.block_on(common::one_file_encoded(GZIP_FILE_BYTES, true));
+        let mut ndjson = Vec::new();
+        let mut lines = 0;
+        for line in server.dataset().all_lines("Observation").expect("lines") {
+            ndjson.extend_from_slice(line.as_bytes());
+            ndjson.push(b'\n');
+            lines += 1;
+        }
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        encoder.write_all(&ndjson).expect("gzip");
+        let packed = encoder.finish().expect("gzip");
+        GzipSetup {
+            runtime,
+            _server: server,
+            client,
+            file,
+            ndjson,
+            packed,
+            lines,
+        }
+    })
+}
+
+/// Raw lines of a file sent with `Content-Encoding: gzip` (decoded and every line checked).
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn raw_lines_gzip(bencher: Bencher) {
+    let s = gzip_setup();
+    bencher
+        .counter(BytesCount::new(s.ndjson.len()))
+        .counter(ItemsCount::new(s.lines))
+        .bench(|| {
+            s.runtime.block_on(async {
+                let n = s
+                    .client
+                    .download_lines(&s.file, &DownloadOptions::default())
+                    .try_fold(0u64, |n, _| async move { Ok(n + 1) })
+                    .await
+                    .expect("download");
+                assert_eq!(n, s.lines);
+            })
+        });
+}
+
+/// gzip decoding alone, fed as the client feeds it (the write API, 8 KiB slices), with the
+/// flate2 backend the crate is built with (`zlib-rs`).
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn gzip_decode(bencher: Bencher) {
+    let s = gzip_setup();
+    bencher.counter(BytesCount::new(s.ndjson.len())).bench(|| {
+        let mut decoder = flate2::write::MultiGzDecoder::new(Vec::with_capacity(1 << 20));
+        let mut out = 0;
+        for piece in s.packed.chunks(8 * 1024) {
+            decoder.write_all(piece).expect("gzip");
+            out += decoder.get_ref().len();
+            decoder.get_mut().clear();
+        }
+        decoder.try_finish().expect("gzip");
+        out += decoder.get_ref().len();
+        assert_eq!(out, s.ndjson.len());
+    });
+}
+
+/// The whole-line check alone (UTF-8, one JSON object, nothing after it), per line.
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn line_check(bencher: Bencher) {
+    let s = gzip_setup();
+    bencher
+        .counter(BytesCount::new(s.ndjson.len()))
+        .counter(ItemsCount::new(s.lines))
+        .bench(|| {
+            let mut n = 0u64;
+            for line in s.ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                fhir_bulk::resource::check_line(line).expect("valid line");
+                n += 1;
+            }
+            assert_eq!(n, s.lines);
+        });
 }
 
 /// Reads the file straight off the socket and drops the bytes: the ceiling.

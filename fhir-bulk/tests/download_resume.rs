@@ -113,3 +113,221 @@ async fn a_range_that_does_not_continue_the_transfer_is_not_spliced() {
         "the third request reads from the start"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Across processes: a save killed (its future dropped) part-way continues in a new run with a
+// fresh client, from the `.part` and its sidecar.
+
+/// A file of `lines` lines of varied length, with CRLF line ends and blank lines here and
+/// there; and the NDJSON a save writes from it (LF ends, no blank lines).
+fn messy_file(lines: usize) -> (Vec<u8>, String) {
+    let mut raw = Vec::new();
+    let mut saved = String::new();
+    for i in 0..lines {
+        let line = format!(
+            "{{\"resourceType\":\"Patient\",\"id\":\"p{i}\",\"note\":\"{}\"}}",
+            "x".repeat(i % 97)
+        );
+        raw.extend_from_slice(line.as_bytes());
+        raw.extend_from_slice(if i % 7 == 0 { b"\r\n" } else { b"\n" });
+        if i % 50 == 0 {
+            raw.extend_from_slice(b"\n");
+        }
+        saved.push_str(&line);
+        saved.push('\n');
+    }
+    (raw, saved)
+}
+
+/// Serves `body` at any path: with `ranges`, `Accept-Ranges`, a strong ETag and `206`s for
+/// `Range: bytes=N-` pinned by a matching `If-Range`; without, always the whole file.
+async fn file_server(body: Vec<u8>, ranges: bool) -> fhir_bulk_test_server::raw::RawServer {
+    use fhir_bulk_test_server::raw::{RawReply, RawServer};
+    let body = Arc::new(body);
+    RawServer::start(move |request, _| {
+        let len = body.len();
+        let start = request
+            .header("range")
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.strip_suffix('-'))
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|_| ranges && request.header("if-range") == Some("\"v1\""));
+        let mut headers = vec![("Content-Type", "application/fhir+ndjson".to_owned())];
+        if ranges {
+            headers.push(("Accept-Ranges", "bytes".to_owned()));
+            headers.push(("ETag", "\"v1\"".to_owned()));
+        }
+        match start {
+            Some(n) if n < len => {
+                headers.push(("Content-Range", format!("bytes {n}-{}/{len}", len - 1)));
+                let headers: Vec<(&str, &str)> =
+                    headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                RawReply::framed(206, &headers, &body[n..])
+            }
+            _ => {
+                let headers: Vec<(&str, &str)> =
+                    headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                RawReply::framed(200, &headers, &body)
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+fn one_file_export(url: &str, count: usize) -> fhir_bulk::ExportFile {
+    let manifest = serde_json::json!({
+        "transactionTime": "2024-01-01T00:00:00Z",
+        "requiresAccessToken": false,
+        "output": [{"type": "Patient", "url": url, "count": count}],
+        "error": []
+    });
+    let pages =
+        vec![fhir_bulk::Manifest::from_slice(manifest.to_string().as_bytes(), "test").unwrap()];
+    fhir_bulk::CompletedExport::from_manifests(Url::parse(url).unwrap(), pages)
+        .all_files()
+        .remove(0)
+}
+
+/// Runs a save with a fresh client and drops it once `kill_at` NDJSON bytes were reported
+/// (or lets it finish when `kill_at` is `None`).
+async fn run_once(
+    base: &str,
+    file: &fhir_bulk::ExportFile,
+    path: &std::path::Path,
+    kill_at: Option<u64>,
+) -> Option<fhir_bulk::download::SavedFile> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let client = BulkClient::builder(format!("{base}/fhir"))
+        .sleep_fn(Sleeps::default().sleep_fn())
+        .retry_policy(RetryPolicy::default().with_min_delay(Duration::from_millis(1)))
+        .build()
+        .unwrap();
+    let kill = Arc::new(AtomicBool::new(false));
+    let flag = kill.clone();
+    let options = fhir_bulk::download::SaveOptions::default().with_progress(move |_, _, bytes| {
+        if kill_at.is_some_and(|at| bytes >= at) {
+            flag.store(true, Ordering::SeqCst);
+        }
+    });
+    let save = client.save_file(file, path, &options);
+    futures::pin_mut!(save);
+    loop {
+        if let std::task::Poll::Ready(result) = futures::poll!(save.as_mut()) {
+            return Some(result.unwrap());
+        }
+        if kill.load(Ordering::SeqCst) {
+            return None; // the process dies: the future is dropped mid-file
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+fn sidecar_offset(path: &std::path::Path) -> Option<u64> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".part.resume");
+    let text = std::fs::read(std::path::PathBuf::from(name)).ok()?;
+    serde_json::from_slice::<serde_json::Value>(&text).ok()?["offset"].as_u64()
+}
+
+/// Each run is a "process" of its own: a fresh runtime and client, dropped after the kill, so
+/// file operations it had in flight end with it (as they do when a process dies) instead of
+/// racing the next run.
+fn run_in_process(
+    base: &str,
+    file: &fhir_bulk::ExportFile,
+    path: &std::path::Path,
+    kill_at: Option<u64>,
+) -> Option<fhir_bulk::download::SavedFile> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = runtime.block_on(run_once(base, file, path, kill_at));
+    drop(runtime); // waits for its blocking file operations
+    result
+}
+
+fn survives_kills(kills: Vec<u64>, ranges: bool) {
+    let lines = 6_000;
+    let (raw, want) = messy_file(lines);
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = server_runtime.block_on(file_server(raw.clone(), ranges));
+    let base = server.url("");
+    let file = one_file_export(&server.url("/files/1"), lines);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("Patient.1.ndjson");
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    let part = std::path::PathBuf::from(part);
+    let mut offsets = Vec::new();
+    let mut finished = None;
+    for &at in &kills {
+        finished = run_in_process(&base, &file, &path, Some(at));
+        if finished.is_some() || (path.exists() && !part.exists()) {
+            break; // finished before the kill point, or killed as it renamed the file
+        }
+        offsets.push(sidecar_offset(&path));
+    }
+    if finished.is_none() && (part.exists() || !path.exists()) {
+        finished = run_in_process(&base, &file, &path, None);
+        assert!(finished.is_some(), "a run without a kill point finishes");
+    }
+    let got = std::fs::read_to_string(&path).unwrap();
+    assert!(got == want, "byte-identical file after kills at {kills:?}");
+    assert!(!part.exists());
+    let Some(saved) = finished else {
+        return; // the last kill came as the file was renamed: nothing more to check
+    };
+    assert_eq!(saved.lines, lines as u64);
+    assert_eq!(saved.data_bytes, want.len() as u64);
+    // Each run after a kill that left a sidecar asked for the rest of the file only.
+    let requests = server.requests();
+    assert_eq!(
+        requests.len(),
+        offsets.len() + 1,
+        "one request per run: {kills:?}"
+    );
+    for (request, offset) in requests.iter().skip(1).zip(&offsets) {
+        let range = request.header("range");
+        match offset {
+            Some(n) if ranges && *n > 0 => {
+                assert_eq!(range, Some(format!("bytes={n}-").as_str()));
+                assert_eq!(request.header("if-range"), Some("\"v1\""));
+                assert_eq!(request.header("accept-encoding"), Some("identity"));
+            }
+            _ => assert_eq!(range, None),
+        }
+    }
+    if ranges && offsets.last().copied().flatten().is_some_and(|n| n > 0) {
+        assert!(saved.resumed_bytes > 0);
+    }
+}
+
+#[test]
+fn a_killed_save_resumes_with_range_in_a_new_run() {
+    survives_kills(vec![300_000, 520_000], true);
+}
+
+#[test]
+fn a_killed_save_resumes_by_skipping_without_range() {
+    survives_kills(vec![280_000], false);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, .. Default::default() })]
+
+    /// Killed at any points, with or without Range: the file ends byte-identical, every line
+    /// once.
+    #[test]
+    fn killed_saves_resume_exactly(
+        kills in proptest::collection::vec(1u64..700_000, 1..4),
+        ranges in proptest::prelude::any::<bool>(),
+    ) {
+        survives_kills(kills, ranges);
+    }
+}

@@ -8,10 +8,18 @@ pub(crate) const TOKEN: &str = "bench-token";
 /// A server exporting one Observation file of about `bytes` bytes (identity encoding, so the
 /// socket ceiling and the client read the same bytes), the client, and the file.
 pub(crate) async fn one_file(bytes: u64) -> (TestServer, BulkClient, ExportFile) {
+    one_file_encoded(bytes, false).await
+}
+
+/// The same, with `Content-Encoding: gzip` on the wire when `gzip`.
+pub(crate) async fn one_file_encoded(
+    bytes: u64,
+    gzip: bool,
+) -> (TestServer, BulkClient, ExportFile) {
     let server = TestServer::builder()
         .resource_types(["Observation"])
         .file_bytes("Observation", bytes)
-        .gzip(false)
+        .gzip(gzip)
         .retry_after("0")
         .require_bearer(TOKEN)
         .start()

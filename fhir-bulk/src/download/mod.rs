@@ -192,6 +192,45 @@ pub(crate) fn line_error(file: &FileInfo, line: u64, err: ParseError) -> Error {
     }
 }
 
+/// What one line gives: one item (no allocation per line), or several (a deleted file's
+/// Bundle).
+enum Items<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> IntoIterator for Items<T> {
+    type Item = T;
+    type IntoIter = either::Either<std::iter::Once<T>, std::vec::IntoIter<T>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Items::One(item) => either::Either::Left(std::iter::once(item)),
+            Items::Many(items) => either::Either::Right(items.into_iter()),
+        }
+    }
+}
+
+/// A two-way iterator, to avoid a dependency for it.
+mod either {
+    /// One of two iterators.
+    pub(super) enum Either<L, R> {
+        Left(L),
+        Right(R),
+    }
+
+    impl<T, L: Iterator<Item = T>, R: Iterator<Item = T>> Iterator for Either<L, R> {
+        type Item = T;
+
+        fn next(&mut self) -> Option<T> {
+            match self {
+                Either::Left(l) => l.next(),
+                Either::Right(r) => r.next(),
+            }
+        }
+    }
+}
+
 /// Maps each line of one file with `parse`, applying the invalid-line policy.
 fn map_lines<T, F>(
     client: &BulkClient,
@@ -201,7 +240,7 @@ fn map_lines<T, F>(
 ) -> RecordStream<T>
 where
     T: Send + 'static,
-    F: FnMut(&FileInfo, &SourcedLine) -> std::result::Result<Vec<T>, ParseError> + Send + 'static,
+    F: FnMut(&FileInfo, &SourcedLine) -> std::result::Result<Items<T>, ParseError> + Send + 'static,
 {
     let info = info_for(file);
     let request = match request_for(file) {
@@ -374,7 +413,7 @@ impl BulkClient {
         let check = options.check_resource_type && file.organized_by.is_none();
         map_lines(self, file, options, move |info, line| {
             let expected = info.resource_type.as_deref().filter(|_| check);
-            Ok(vec![parse_line::<T>(line.line.bytes(), expected)?])
+            Ok(Items::One(parse_line::<T>(line.line.bytes(), expected)?))
         })
     }
 
@@ -390,7 +429,7 @@ impl BulkClient {
         map_lines(self, file, options, move |info, line| {
             let bytes = line.line.bytes();
             check_raw_line(bytes, info.resource_type.as_deref().filter(|_| check))?;
-            Ok(vec![bytes.clone()])
+            Ok(Items::One(bytes.clone()))
         })
     }
 
@@ -436,7 +475,7 @@ impl BulkClient {
         let files = export.files(FileKind::Deleted);
         across_files(files, options.concurrency, |f| {
             map_lines(self, f, options, |_, line| {
-                deleted_resources(line.line.bytes())
+                deleted_resources(line.line.bytes()).map(Items::Many)
             })
         })
     }

@@ -418,6 +418,16 @@ struct ResumeState {
 
 const RESUME_VERSION: u32 = 1;
 
+/// Where the save stands after a line: copied per line (no allocation), turned into a
+/// [`ResumeState`] only when the lines are flushed.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    lines: u64,
+    data_bytes: u64,
+    counted: u64,
+    after: Checkpoint,
+}
+
 fn sidecar_path(part: &Path) -> PathBuf {
     let mut name = part.as_os_str().to_owned();
     name.push(".resume");
@@ -453,16 +463,18 @@ struct Sink {
     gzip: Option<GzEncoder<Vec<u8>>>,
     buffer: Vec<u8>,
     written: u64,
-    /// The resume state of the lines written so far (identity saves only).
-    resume: Option<ResumeState>,
-    /// The state after the last buffered line.
-    pending: Option<ResumeState>,
+    /// Where the save stands after the last buffered line (identity saves only).
+    pending: Option<Place>,
+    /// For the sidecar: the file URL without its query, and the validator of the
+    /// representation being read when it can be resumed with a range.
+    url: String,
+    validator: Option<String>,
 }
 
 const FLUSH_AT: usize = 256 * 1024;
 
 impl Sink {
-    async fn create(path: &Path, gzip: bool) -> Result<Sink> {
+    async fn create(path: &Path, gzip: bool, url: String) -> Result<Sink> {
         let file = tokio::fs::File::create(path)
             .await
             .map_err(|e| io_error("creating", path, e))?;
@@ -472,8 +484,9 @@ impl Sink {
             gzip: gzip.then(|| GzEncoder::new(Vec::new(), Compression::default())),
             buffer: Vec::with_capacity(FLUSH_AT),
             written: 0,
-            resume: None,
             pending: None,
+            url,
+            validator: None,
         })
     }
 
@@ -496,13 +509,14 @@ impl Sink {
             gzip: None,
             buffer: Vec::with_capacity(FLUSH_AT),
             written: state.part_bytes,
-            resume: Some(state.clone()),
             pending: None,
+            url: state.url.clone(),
+            validator: state.validator.clone(),
         })
     }
 
-    /// Buffers one line; `state` is the resume state once it is written.
-    async fn line(&mut self, line: &[u8], state: Option<ResumeState>) -> Result<()> {
+    /// Buffers one line; `place` is where the save stands once it is written.
+    async fn line(&mut self, line: &[u8], place: Place) -> Result<()> {
         match &mut self.gzip {
             Some(encoder) => {
                 let path = &self.path;
@@ -518,7 +532,7 @@ impl Sink {
             None => {
                 self.buffer.extend_from_slice(line);
                 self.buffer.push(b'\n');
-                self.pending = state;
+                self.pending = Some(place);
                 if self.buffer.len() >= FLUSH_AT {
                     self.flush().await?;
                 }
@@ -533,14 +547,31 @@ impl Sink {
         self.write(&chunk).await?;
         self.buffer = chunk;
         self.buffer.clear();
-        if let Some(mut state) = self.pending.take() {
-            state.part_bytes = self.written;
+        if let Some(place) = self.pending.take() {
+            // The lines must be in the file (not in tokio's write-behind buffer) before the
+            // sidecar says they are.
+            self.file
+                .flush()
+                .await
+                .map_err(|e| io_error("writing", &self.path, e))?;
+            let state = ResumeState {
+                version: RESUME_VERSION,
+                url: self.url.clone(),
+                part_bytes: self.written,
+                lines: place.lines,
+                data_bytes: place.data_bytes,
+                counted: place.counted,
+                offset: place.after.offset,
+                line: place.after.line,
+                lines_delivered: place.after.lines_delivered,
+                validator: self.validator.clone(),
+            };
             let sidecar = sidecar_path(&self.path);
             let text = serde_json::to_vec(&state).unwrap_or_default();
-            tokio::fs::write(&sidecar, text)
-                .await
-                .map_err(|e| io_error("writing", &sidecar, e))?;
-            self.resume = Some(state);
+            // A few hundred bytes every 256 KiB, written in place rather than on the blocking
+            // pool: a future dropped here cannot leave the write running behind it, so the
+            // sidecar on disk is always the last one this save wrote.
+            std::fs::write(&sidecar, text).map_err(|e| io_error("writing", &sidecar, e))?;
         }
         Ok(())
     }
@@ -580,8 +611,14 @@ struct Tally {
 
 impl BulkClient {
     /// Downloads one file to `path` (written as `path` + `.part`, renamed when complete and
-    /// checked), continuing a `.part` an interrupted earlier download left (see the
-    /// [module documentation](self)).
+    /// checked), continuing a `.part` an interrupted earlier download left, in this process
+    /// or another: with `Range` + `If-Range` when the server offers ranges, otherwise by
+    /// reading the file again and skipping the lines the `.part` holds (identity saves; see
+    /// [`SavedFile::resumed_bytes`]). A permanent failure removes the `.part`.
+    ///
+    /// Within one process, do not start a second save of the same path while a dropped one
+    /// may still have a file operation on tokio's blocking pool (one write or rename); after
+    /// a process exits, or once its runtime is dropped, resuming is always safe.
     pub async fn save_file(
         &self,
         file: &ExportFile,
@@ -774,7 +811,7 @@ async fn save_attempt(
         None => {
             let _ = tokio::fs::remove_file(sidecar_path(part)).await;
             (
-                Sink::create(part, options.gzip).await?,
+                Sink::create(part, options.gzip, info.url.clone()).await?,
                 Tally::default(),
                 LineStart::default(),
             )
@@ -794,7 +831,6 @@ async fn save_attempt(
         start,
     );
     futures::pin_mut!(lines);
-    let mut validator: Option<String> = resume.and_then(|s| s.validator.clone());
     let mut reported = 0u64;
     let mut counted = start.counted;
     loop {
@@ -804,7 +840,7 @@ async fn save_attempt(
         let line = match next {
             Ok(LineEvent::Line(line)) => line,
             Ok(LineEvent::Representation { resumable }) => {
-                validator = resumable.and_then(|v| v.to_str().ok().map(str::to_owned));
+                sink.validator = resumable.and_then(|v| v.to_str().ok().map(str::to_owned));
                 continue;
             }
             Ok(LineEvent::End { counted: total }) => {
@@ -853,19 +889,13 @@ async fn save_attempt(
         }
         tally.lines += 1;
         tally.data_bytes += bytes.len() as u64 + 1;
-        let state = (!options.gzip).then(|| ResumeState {
-            version: RESUME_VERSION,
-            url: info.url.clone(),
-            part_bytes: 0,
+        let place = Place {
             lines: tally.lines,
             data_bytes: tally.data_bytes,
             counted: line.counted,
-            offset: line.after.offset,
-            line: line.after.line,
-            lines_delivered: line.after.lines_delivered,
-            validator: validator.clone(),
-        });
-        sink.line(bytes, state).await?;
+            after: line.after,
+        };
+        sink.line(bytes, place).await?;
         if let Some(progress) = &options.on_progress
             && tally.data_bytes - reported >= PROGRESS_EVERY_BYTES
         {
@@ -886,10 +916,13 @@ async fn save_attempt(
     if let Some(progress) = &options.on_progress {
         progress(path, tally.lines, tally.data_bytes);
     }
+    // The sidecar goes first: dying between the two leaves a `.part` without one, which the
+    // next run reads again from the start; never a sidecar next to a finished file.
+    // (In place, like its writes, so a dropped future leaves no removal running behind it.)
+    let _ = std::fs::remove_file(sidecar_path(part));
     tokio::fs::rename(part, path)
         .await
         .map_err(|e| io_error("renaming", part, e))?;
-    let _ = tokio::fs::remove_file(sidecar_path(part)).await;
     Ok(saved_file(file, path, tally, bytes, resumed_bytes, false))
 }
 
@@ -1003,5 +1036,81 @@ mod tests {
         assert_ne!(a, SaveOptions::default());
         assert_ne!(a, SaveOptions::default().with_progress(|_, _, _| {}));
         assert!(format!("{a:?}").contains("on_progress"));
+    }
+
+    #[test]
+    fn permanent_failures_drop_the_part_interruptions_keep_it() {
+        let io = Error::Io {
+            action: "writing",
+            path: "x".into(),
+            source: std::io::Error::other("disk full"),
+        };
+        assert!(keeps_part(&io));
+        let count = Error::CountMismatch {
+            file: "f".into(),
+            expected: 1,
+            actual: 2_000,
+        };
+        assert!(!keeps_part(&count));
+        let line = Error::InvalidLine {
+            file: "f".into(),
+            line: 3,
+            kind: LineErrorKind::Parse,
+            message: "cut".into(),
+        };
+        assert!(!keeps_part(&line));
+    }
+
+    fn state() -> ResumeState {
+        ResumeState {
+            version: RESUME_VERSION,
+            url: "http://h/files/1".into(),
+            part_bytes: 100,
+            lines: 3,
+            data_bytes: 100,
+            counted: 4,
+            offset: 120,
+            line: 6,
+            lines_delivered: 4,
+            validator: Some("\"v1\"".into()),
+        }
+    }
+
+    #[test]
+    fn a_sidecar_is_used_only_for_its_file_and_a_long_enough_part() {
+        let s = state();
+        assert!(usable_resume(&s, "http://h/files/1", 100));
+        assert!(
+            usable_resume(&s, "http://h/files/1", 150),
+            "later bytes are cut off"
+        );
+        assert!(
+            !usable_resume(&s, "http://h/files/1", 99),
+            "the part lost bytes"
+        );
+        assert!(!usable_resume(&s, "http://h/files/2", 100), "another file");
+        let old = ResumeState {
+            version: 0,
+            ..state()
+        };
+        assert!(!usable_resume(&old, "http://h/files/1", 100));
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<ResumeState>(&text).unwrap(), s);
+        assert!(sidecar_path(Path::new("/d/P.1.ndjson.part")).ends_with("P.1.ndjson.part.resume"));
+    }
+
+    #[test]
+    fn warnings_say_what_happened() {
+        let w = SaveWarning::CountMismatch {
+            expected: 66,
+            actual: 1,
+        };
+        assert!(w.to_string().contains("66") && w.to_string().contains("saved as sent"));
+        let w = SaveWarning::InvalidLine {
+            line: 7,
+            kind: LineErrorKind::Parse,
+            message: "trailing characters".into(),
+        };
+        assert!(w.to_string().starts_with("line 7 left out"));
     }
 }

@@ -598,3 +598,58 @@ fn common_layout_scan_agrees_with_the_serde_scan() {
         "non-string meta values go to serde"
     );
 }
+
+#[test]
+fn check_line_reads_the_whole_line() {
+    let ok = br#" {"a":[1,{"b":"c\u00e9"}],"resourceType":"Observation"} "#;
+    assert_eq!(check_line(ok).unwrap().as_deref(), Some("Observation"));
+    assert_eq!(check_line(br#"{"id":"x"}"#).unwrap(), None);
+    // Escaped resourceType is decoded.
+    assert_eq!(
+        check_line(br#"{"resourceType":"Pati\u0065nt"}"#)
+            .unwrap()
+            .as_deref(),
+        Some("Patient")
+    );
+    for bad in [
+        &br#"{"resourceType":"Patient","id":"#[..],
+        br#"{"a":1}{"b":2}"#,
+        br#"{"a":1},"#,
+        br#"{"a":"tab	inside"}"#,
+        b"{\"a\":\"\x00\"}",
+        br#"{"a":1,}"#,
+        b"",
+    ] {
+        assert!(
+            matches!(check_line(bad), Err(ParseError::Json(_))),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    assert!(matches!(check_line(b"[1,2]"), Err(ParseError::NotAnObject)));
+    assert!(matches!(
+        check_line(b"\"text\""),
+        Err(ParseError::NotAnObject)
+    ));
+    // Invalid UTF-8 inside a string serde_json would skip unchecked.
+    assert!(matches!(
+        check_line(b"{\"resourceType\":\"Patient\",\"x\":\"\xc3\x28\"}"),
+        Err(ParseError::InvalidUtf8(_))
+    ));
+}
+
+#[test]
+fn json_errors_keep_serde_as_their_source() {
+    use std::error::Error as _;
+    let error = parse_line::<Resource>(br#"{"resourceType":"#, None).unwrap_err();
+    let ParseError::Json(json) = &error else {
+        panic!("{error:?}");
+    };
+    assert!(json.is_eof());
+    assert!(json.column() > 0);
+    assert!(error.source().is_some_and(|s| s.is::<serde_json::Error>()));
+    assert!(matches!(
+        parse_line::<serde_json::Value>(b"[1]", None),
+        Err(ParseError::NotAnObject)
+    ));
+}
