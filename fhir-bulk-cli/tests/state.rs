@@ -167,6 +167,7 @@ async fn bytes_written_stay_within_the_data_plus_one_percent_and_a_megabyte() {
         .sum();
     assert!(data > 10_000_000, "{data} bytes of data");
     let budget = data + data / 100 + 1_000_000;
+    eprintln!("wrote {written} bytes for {data} bytes of data in {files} files (budget {budget})");
     assert!(
         written <= budget,
         "wrote {written} bytes for {data} bytes of data (budget {budget})"
