@@ -126,7 +126,7 @@ fn bytes_written_by(child: &mut std::process::Child) -> u64 {
     wchar
 }
 
-/// 400 files: everything the CLI writes (data, state, journal, manifest, log, terminal) stays
+/// 400 files of about 89 KB: everything the CLI writes (data, state, journal, manifest, log, terminal) stays
 /// within the data + 1% + 1 MB; rewriting the whole state after each file (as before the
 /// journal) wrote about 400 * 400 * 200 bytes = 32 MB of state alone.
 #[cfg(target_os = "linux")]
