@@ -51,7 +51,7 @@ async fn sigkill_at_any_moment_then_a_torn_journal_record_and_the_rerun_complete
             .max_resources_per_file(20)
             .polls_before_complete(1)
             .fault(
-                Fault::trickle(700, Duration::from_millis(10))
+                Fault::trickle(700, Duration::from_millis(20))
                     .on_all_files()
                     .times(u32::MAX),
             ),
