@@ -31,6 +31,7 @@ nginx=$(command -v nginx || echo /usr/sbin/nginx)
 command -v curl >/dev/null || { echo "curl is missing" >&2; exit 1; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/compare-curl.XXXXXX")
+chmod 755 "$work" # nginx's workers run as another user
 nginx_pid=
 cleanup() {
     if [ -n "$nginx_pid" ]; then kill "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" 2>/dev/null || true; fi
