@@ -46,7 +46,7 @@ pub(crate) fn command() -> clap::Command {
         }
         sub.mut_args(|arg| match env_name(&arg) {
             Some(name) => {
-                let secret = matches!(arg.get_id().as_str(), "token" | "client_secret");
+                let secret = matches!(arg.get_id().as_str(), "token" | "client_secret" | "headers");
                 arg.env(name).hide_env_values(secret)
             }
             None => arg,

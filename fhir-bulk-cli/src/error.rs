@@ -87,8 +87,8 @@ fn flag_for(name: &str) -> &'static str {
 /// Library wording in messages, and what a CLI user does instead.
 const LIBRARY_ADVICE: &[(&str, &str)] = &[
     (
-        "call `allow_insecure_http(true)` if you really mean it",
-        "give an https:// URL (plain http is accepted only to this machine)",
+        "Use https, or call `allow_insecure_http(true)` if you really mean it",
+        "Give an https:// URL (plain http is accepted only to this machine)",
     ),
     (
         "or `BulkClientBuilder::allow_insecure_http(true)` if you really mean it",

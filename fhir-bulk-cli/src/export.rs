@@ -164,7 +164,12 @@ fn already_complete(dir: &Path, old: JobState, started: Instant) -> Result<(), C
     ));
     let summary = Summary {
         files: &old.files,
-        issues: Default::default(),
+        // The state keeps the error and fatal issues' total, so the result line matches the
+        // exit code.
+        issues: crate::outcomes::IssueCounts {
+            error: old.error_issues,
+            ..Default::default()
+        },
         elapsed: started.elapsed(),
         downloaded_bytes: 0,
         download_elapsed: Default::default(),

@@ -852,6 +852,7 @@ async fn error_files_with_error_issues_exit_3_after_a_complete_download() {
     let r = run(&["export", &base, "--output-dir", s(dir.path()), FAST]).await;
     assert_code(&r, 3);
     assert!(r.stderr.contains("already complete"), "{}", r.stderr);
+    assert!(r.stdout.contains("(exit code 3)"), "{}", r.stdout);
     assert_eq!(kickoffs(&srv).len(), 1);
 }
 

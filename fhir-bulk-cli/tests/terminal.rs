@@ -411,6 +411,11 @@ async fn status_cancel_and_download_find_the_token_endpoint_at_the_fhir_base() {
 /// Runs `command` in a detached tmux session on its own socket and returns the screen and
 /// scrollback once it printed `marker`. None when tmux is not installed.
 fn tmux_screen(socket: &str, command: &str, marker: &str) -> Option<String> {
+    tmux_capture(socket, command, marker, &[])
+}
+
+/// [`tmux_screen`] with extra `capture-pane` flags (`-e` keeps the colours).
+fn tmux_capture(socket: &str, command: &str, marker: &str, flags: &[&str]) -> Option<String> {
     let tmux = |args: &[&str]| {
         std::process::Command::new("tmux")
             .arg("-L")
@@ -430,7 +435,9 @@ fn tmux_screen(socket: &str, command: &str, marker: &str) -> Option<String> {
     assert!(started.status.success(), "{started:?}");
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let screen = loop {
-        let shot = tmux(&["capture-pane", "-p", "-S", "-"]).expect("tmux capture-pane");
+        let mut capture = vec!["capture-pane", "-p", "-S", "-"];
+        capture.extend_from_slice(flags);
+        let shot = tmux(&capture).expect("tmux capture-pane");
         let text = String::from_utf8_lossy(&shot.stdout).into_owned();
         if text.contains(marker) {
             break text;
@@ -516,4 +523,33 @@ async fn the_summary_counts_what_log_ndjson_counts() {
         "{}",
         r.stdout
     );
+}
+
+#[test]
+fn errors_are_red_on_a_terminal_unless_no_color() {
+    let socket = format!("fhir-bulk-colour-{}", std::process::id());
+    let run = |no_color: &str| {
+        let command = format!(
+            "env {no_color} TERM=xterm XDG_CONFIG_HOME=/nonexistent {BIN} export http://ehr.example/fhir ; echo RUN-ENDED-$?; sleep 30"
+        );
+        tmux_capture(&socket, &command, "RUN-ENDED-", &["-e"])
+    };
+    let Some(coloured) = run("-u NO_COLOR") else {
+        eprintln!("tmux is not installed (Debian package `tmux`): the colour test did not run");
+        return;
+    };
+    let error_line = |screen: &str| {
+        screen
+            .lines()
+            .find(|l| l.contains("error:"))
+            .unwrap_or_else(|| panic!("no error line in {screen:?}"))
+            .to_owned()
+    };
+    assert!(coloured.contains("RUN-ENDED-2"), "{coloured:?}");
+    let line = error_line(&coloured);
+    assert!(line.starts_with('\x1b'), "the label is coloured: {line:?}");
+    assert!(!line.contains("allow_insecure_http"), "{line:?}");
+    let plain = run("NO_COLOR=1").unwrap();
+    let line = error_line(&plain);
+    assert!(line.starts_with("error:"), "NO_COLOR: no colour: {line:?}");
 }
