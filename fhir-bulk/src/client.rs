@@ -374,6 +374,11 @@ impl BulkClientBuilder {
         if self.poll.max_interval.is_zero() {
             return Err(invalid("poll_policy", "max_interval must be above zero"));
         }
+        crate::tls::check_scheme("base_url", &base)?;
+        if let Some(auth) = &self.auth {
+            auth.validate()?;
+        }
+        crate::tls::prepare();
         let build = |gzip: bool| {
             reqwest::Client::builder()
                 .connect_timeout(self.connect_timeout)

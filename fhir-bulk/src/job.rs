@@ -71,6 +71,7 @@ pub enum PollStatus {
 }
 
 /// What a DELETE of the job found.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteOutcome {
     /// The server accepted the DELETE (202 or another 2xx).

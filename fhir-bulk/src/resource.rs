@@ -881,6 +881,7 @@ pub fn parse_line<T: DeserializeOwned + 'static>(
 // Deleted resources
 
 /// A resource reported as deleted in a bulk export's `deleted` file.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeletedResource {
     /// The resource type, such as `Patient`.
