@@ -890,6 +890,16 @@ pub struct DeletedResource {
     pub id: String,
 }
 
+impl DeletedResource {
+    /// A deleted `resource_type/id`.
+    pub fn new(resource_type: impl Into<String>, id: impl Into<String>) -> DeletedResource {
+        DeletedResource {
+            resource_type: resource_type.into(),
+            id: id.into(),
+        }
+    }
+}
+
 impl fmt::Display for DeletedResource {
     /// `Patient/123`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -916,7 +926,7 @@ impl fmt::Display for DeletedResource {
 ///     {"request":{"method":"DELETE","url":"https://x/fhir/Observation/o-9/_history/2"}}]}"#;
 /// let deleted = deleted_resources(line)?;
 /// assert_eq!(deleted[0].to_string(), "Patient/123");
-/// assert_eq!(deleted[1], DeletedResource { resource_type: "Observation".into(), id: "o-9".into() });
+/// assert_eq!(deleted[1], DeletedResource::new("Observation", "o-9"));
 /// # Ok::<(), fhir_bulk::resource::ParseError>(())
 /// ```
 pub fn deleted_resources(line: &[u8]) -> Result<Vec<DeletedResource>, ParseError> {
