@@ -9,7 +9,8 @@ use zeroize::Zeroize;
 /// A string that must not be shown: a token, a client secret, a key, a signed assertion.
 ///
 /// `Debug` and `Display` print `[redacted]`; read the value with [`SecretString::expose_secret`].
-/// The memory holding the value is overwritten with zeros when it is dropped.
+/// The crate's copy of the value is overwritten with zeros when it is dropped (the `String`
+/// you passed in, and copies you make with `expose_secret`, are yours to handle).
 ///
 /// ```
 /// use fhir_bulk::SecretString;
@@ -18,12 +19,14 @@ use zeroize::Zeroize;
 /// assert_eq!(s.expose_secret(), "hunter2");
 /// ```
 #[derive(Clone, PartialEq, Eq)]
-pub struct SecretString(Box<str>);
+// A `String`, not a `Box<str>`: `into_boxed_str` may reallocate and free the first buffer
+// unzeroed; zeroizing a `String` clears its whole capacity.
+pub struct SecretString(String);
 
 impl SecretString {
     /// Wraps a secret value.
     pub fn new(value: impl Into<String>) -> Self {
-        SecretString(value.into().into_boxed_str())
+        SecretString(value.into())
     }
 
     /// The secret itself. Call this only where the value is sent.
@@ -197,9 +200,9 @@ mod tests {
     #[test]
     fn zeroize_clears_the_buffer() {
         // What Drop does, observed on a value that stays alive.
-        let mut boxed: Box<str> = "s3cr3t".into();
-        boxed.zeroize();
-        assert!(boxed.bytes().all(|b| b == 0));
+        let mut secret = SecretString::new("s3cr3t");
+        secret.0.zeroize();
+        assert!(secret.expose_secret().is_empty());
     }
 
     #[test]
