@@ -95,9 +95,15 @@ impl AssertionSigner {
     }
 }
 
-/// The signed JWT, with the crypto the crate features chose (see `crate::tls`).
+/// The signed JWT, with the crypto the crate features chose (see `crate::tls`). Every JWT the
+/// crate signs goes through here: `jsonwebtoken::encode` has no crypto provider (and would
+/// panic) unless `rustls-aws-lc` is on.
 #[cfg(feature = "rustls-aws-lc")]
-fn encode(header: &Header, claims: &Claims<'_>, key: &EncodingKey) -> Result<String, String> {
+pub(super) fn encode<T: Serialize>(
+    header: &Header,
+    claims: &T,
+    key: &EncodingKey,
+) -> Result<String, String> {
     jsonwebtoken::encode(header, claims, key).map_err(|e| e.to_string())
 }
 
@@ -106,7 +112,11 @@ fn encode(header: &Header, claims: &Claims<'_>, key: &EncodingKey) -> Result<Str
     not(feature = "rustls-aws-lc"),
     any(feature = "rustls-ring", feature = "native-tls")
 ))]
-fn encode(header: &Header, claims: &Claims<'_>, key: &EncodingKey) -> Result<String, String> {
+pub(super) fn encode<T: Serialize>(
+    header: &Header,
+    claims: &T,
+    key: &EncodingKey,
+) -> Result<String, String> {
     super::jwt_ring::encode(header, claims, key)
 }
 
@@ -116,6 +126,6 @@ fn encode(header: &Header, claims: &Claims<'_>, key: &EncodingKey) -> Result<Str
     feature = "rustls-ring",
     feature = "native-tls"
 )))]
-fn encode(_: &Header, _: &Claims<'_>, _: &EncodingKey) -> Result<String, String> {
+pub(super) fn encode<T: Serialize>(_: &Header, _: &T, _: &EncodingKey) -> Result<String, String> {
     Err(crate::tls::NO_CRYPTO.to_owned())
 }
