@@ -90,6 +90,8 @@ pub(crate) fn item_type(kind: FileKind) -> &'static str {
         FileKind::Output => "output",
         FileKind::Error => "error",
         FileKind::Deleted => "deleted",
+        // `FileKind` is non-exhaustive; a kind added later is logged as data.
+        _ => "output",
     }
 }
 

@@ -154,6 +154,7 @@ pub(crate) async fn cancel(args: &CancelArgs) -> Result<(), CliError> {
         DeleteOutcome::AlreadyGone => {
             crate::out::line("already gone: the server no longer knows this job");
         }
+        // `DeleteOutcome` is non-exhaustive: an answer the library learns to tell apart later.
         _ => crate::out::line("the server answered the DELETE"),
     }
     if let Some(outcome) = &report.operation_outcome {

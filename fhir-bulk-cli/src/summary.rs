@@ -58,9 +58,10 @@ impl Summary<'_> {
         let (mut errors, mut deleted) = (Row::default(), Row::default());
         for (key, record) in self.files {
             let row = match record.kind {
-                FileKind::Output => rows.entry(type_of(key, record)).or_default(),
                 FileKind::Error => &mut errors,
                 FileKind::Deleted => &mut deleted,
+                // Output, and any kind a later library adds (`FileKind` is non-exhaustive).
+                _ => rows.entry(type_of(key, record)).or_default(),
             };
             row.files += 1;
             row.resources += record.resources;

@@ -3,6 +3,10 @@
 //! reached the wire (`TestServer::requests`), what landed in the output directory, the exit
 //! codes, resume after a kill, SIGTERM and Ctrl-C, and that no token, pre-signed query string
 //! or escape code appears in any output.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
 
 #[path = "cli/support.rs"]
 mod support;

@@ -316,10 +316,18 @@ impl HttpOptions {
                      PEM private key (`BEGIN PRIVATE KEY`)",
                 ));
             }
-            let mut pem = cert.clone();
-            pem.push(b'\n');
-            pem.extend_from_slice(key_text.as_bytes());
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|_| {
+            // rustls reads one PEM bundle; native-tls wants the certificate chain and a PKCS#8
+            // key apart.
+            #[cfg(any(feature = "rustls-aws-lc", feature = "rustls-ring"))]
+            let identity = {
+                let mut pem = cert.clone();
+                pem.push(b'\n');
+                pem.extend_from_slice(key_text.as_bytes());
+                reqwest::Identity::from_pem(&pem)
+            };
+            #[cfg(not(any(feature = "rustls-aws-lc", feature = "rustls-ring")))]
+            let identity = reqwest::Identity::from_pkcs8_pem(cert, key_text.as_bytes());
+            let identity = identity.map_err(|_| {
                 invalid(
                     "http_options.identity",
                     "the client certificate or its private key cannot be read (PEM expected)",
@@ -573,6 +581,11 @@ impl BulkClientBuilder {
         if self.poll.max_interval.is_zero() {
             return Err(invalid("poll_policy", "max_interval must be above zero"));
         }
+        crate::tls::check_scheme("base_url", &base)?;
+        if let Some(auth) = &self.auth {
+            auth.validate()?;
+        }
+        crate::tls::prepare();
         let http = self.http_options.build_client(true)?;
         let download_http = self.http_options.build_client(false)?;
         Ok(BulkClient {

@@ -53,8 +53,23 @@
 //! job.delete().await?;
 //! # Ok(()) }
 //! ```
-#![deny(missing_docs)]
-#![warn(missing_debug_implementations, unreachable_pub)]
+//!
+//! # Crate features
+//!
+//! One of the TLS features is needed for `https://` servers and for signing SMART Backend
+//! Services assertions; without any, only plain `http://` (loopback, or with
+//! [`BulkClientBuilder::allow_insecure_http`]) works, and both are refused with
+//! [`Error::InvalidConfig`] naming what to enable.
+//!
+//! | feature | default | what it does |
+//! | --- | --- | --- |
+//! | `rustls-aws-lc` | yes | TLS by rustls with the aws-lc-rs provider; SMART assertions signed with aws-lc-rs. aws-lc-rs builds C code: it needs a C compiler and is most of a clean build. |
+//! | `rustls-ring` | | TLS by rustls with the ring provider (ring becomes rustls's process-wide default provider when a client is built, unless the application installed one); assertions signed with ring. A much shorter clean build. |
+//! | `native-tls` | | TLS by the platform's library (OpenSSL on Linux, with its headers; Secure Transport; SChannel); assertions signed with ring. |
+//!
+//! With several TLS features, `rustls-aws-lc` is used. Choose one with
+//! `fhir-bulk = { version = "0.1", default-features = false, features = ["rustls-ring"] }`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod auth;
 mod capability;
@@ -72,8 +87,14 @@ pub mod resource;
 mod retry;
 mod secret;
 mod status;
+mod tls;
 mod transport;
 mod validate;
+
+/// The reqwest this crate is built with, for the types that appear in its API
+/// ([`BulkClientBuilder::http_client`], [`auth::AuthContext::http`]): build your
+/// `reqwest::Client` with `fhir_bulk::reqwest` to be sure the versions match.
+pub use reqwest;
 
 pub use capability::CapabilityStatement;
 pub use client::{BulkClient, BulkClientBuilder, DEFAULT_USER_AGENT, HttpOptions};
@@ -92,8 +113,3 @@ pub use secret::{AccessToken, SecretString, redact_url_str};
 pub use status::{Progress, parse_progress_percent};
 pub use transport::retry::RandomFn;
 pub use validate::MAX_PATIENTS;
-
-/// The README's examples, compiled as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-pub struct ReadmeDoctests;

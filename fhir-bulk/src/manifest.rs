@@ -236,6 +236,7 @@ impl ManifestFile {
 }
 
 /// What a manifest file holds.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum FileKind {
     /// An `output` file: exported resources.

@@ -190,6 +190,7 @@ impl FrameError {
 /// See [`LineFramer::checkpoint`], [`LineFramer::resume_at`] and
 /// [`LineFramer::skip_to`]. The fields are public so that a checkpoint can be
 /// stored anywhere.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Checkpoint {
     /// Byte offset in the file just past the terminator of the last complete
@@ -205,6 +206,15 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// A checkpoint from its parts, e.g. one stored earlier (see the fields).
+    pub fn new(offset: u64, line: u64, lines_delivered: u64) -> Checkpoint {
+        Checkpoint {
+            offset,
+            line,
+            lines_delivered,
+        }
+    }
+
     /// The start of a file: offset 0, line 1, nothing delivered.
     pub const START: Checkpoint = Checkpoint {
         offset: 0,

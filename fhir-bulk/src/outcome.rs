@@ -47,6 +47,7 @@ pub const TRANSIENT_CODES: &[&str] = &[
 /// Serializes with `"resourceType": "OperationOutcome"`. Deserializing
 /// accepts a missing `resourceType` but rejects any other one; use
 /// [`OperationOutcome::parse`] to require it.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct OperationOutcome {
     /// The issues, in the server's order.
@@ -54,6 +55,7 @@ pub struct OperationOutcome {
 }
 
 /// One issue of an [`OperationOutcome`].
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Issue {
     /// How bad the issue is. A missing severity is read as
@@ -83,6 +85,7 @@ fn missing_severity() -> Severity {
 }
 
 /// A FHIR `CodeableConcept`, reduced to codings and text.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct CodeableConcept {
     /// Codes from code systems.
@@ -94,6 +97,7 @@ pub struct CodeableConcept {
 }
 
 /// A FHIR `Coding`, reduced to system, code and display.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Coding {
     /// The code system URI.
@@ -111,6 +115,7 @@ pub struct Coding {
 ///
 /// Ordered from least to most severe: unknown values, `information`,
 /// `warning`, `error`, `fatal`.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Severity {
     /// `fatal`: the operation failed because of this issue.

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 /// RFC 9110 says seconds. One vendor documents milliseconds in the standard header (its
 /// status answer's `Retry-After` is "the number of milliseconds to wait"); choose
 /// [`RetryAfterUnit::Milliseconds`] for such a server.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RetryAfterUnit {
     /// Delta-seconds, as RFC 9110 defines `Retry-After`.

@@ -9,6 +9,7 @@ pub const INCLUDE_ASSOCIATED_DATA_SYSTEM: &str =
     "http://hl7.org/fhir/uv/bulkdata/CodeSystem/include-associated-data";
 
 /// Which `$export` operation to call.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExportLevel {
     /// `[base]/$export`: everything the client may see.
@@ -20,6 +21,7 @@ pub enum ExportLevel {
 }
 
 /// How the kick-off is sent.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum KickoffMethod {
     /// `GET` with query parameters (STU2/STU3; the only form Microsoft and Google accept).
@@ -30,6 +32,7 @@ pub enum KickoffMethod {
 }
 
 /// How a parameter with several values is sent.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum ListEncoding {
     /// One parameter, values joined with commas: `_type=Patient,Observation`. Accepted by
@@ -41,6 +44,7 @@ pub enum ListEncoding {
 }
 
 /// How `includeAssociatedData` values are typed in a `Parameters` body.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum AssociatedDataEncoding {
     /// `valueCode` (STU2/STU3, Oracle Health).

@@ -991,12 +991,23 @@ pub fn parse_line<T: DeserializeOwned + 'static>(
 // Deleted resources
 
 /// A resource reported as deleted in a bulk export's `deleted` file.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeletedResource {
     /// The resource type, such as `Patient`.
     pub resource_type: String,
     /// The resource id.
     pub id: String,
+}
+
+impl DeletedResource {
+    /// A deleted `resource_type/id`.
+    pub fn new(resource_type: impl Into<String>, id: impl Into<String>) -> DeletedResource {
+        DeletedResource {
+            resource_type: resource_type.into(),
+            id: id.into(),
+        }
+    }
 }
 
 impl fmt::Display for DeletedResource {
@@ -1025,7 +1036,7 @@ impl fmt::Display for DeletedResource {
 ///     {"request":{"method":"DELETE","url":"https://x/fhir/Observation/o-9/_history/2"}}]}"#;
 /// let deleted = deleted_resources(line)?;
 /// assert_eq!(deleted[0].to_string(), "Patient/123");
-/// assert_eq!(deleted[1], DeletedResource { resource_type: "Observation".into(), id: "o-9".into() });
+/// assert_eq!(deleted[1], DeletedResource::new("Observation", "o-9"));
 /// # Ok::<(), fhir_bulk::resource::ParseError>(())
 /// ```
 pub fn deleted_resources(line: &[u8]) -> Result<Vec<DeletedResource>, ParseError> {

@@ -1,11 +1,16 @@
-//! Secret values that never appear in `Debug`, `Display`, logs or errors.
+//! Secret values that never appear in `Debug`, `Display`, logs or errors, and are zeroized
+//! when dropped.
 
+use crate::error::{Error, Result};
 use std::fmt;
 use url::Url;
+use zeroize::Zeroize;
 
 /// A string that must not be shown: a token, a client secret, a key, a signed assertion.
 ///
 /// `Debug` and `Display` print `[redacted]`; read the value with [`SecretString::expose_secret`].
+/// The crate's copy of the value is overwritten with zeros when it is dropped (the `String`
+/// you passed in, and copies you make with `expose_secret`, are yours to handle).
 ///
 /// ```
 /// use fhir_bulk::SecretString;
@@ -14,18 +19,50 @@ use url::Url;
 /// assert_eq!(s.expose_secret(), "hunter2");
 /// ```
 #[derive(Clone, PartialEq, Eq)]
-pub struct SecretString(Box<str>);
+// A `String`, not a `Box<str>`: `into_boxed_str` may reallocate and free the first buffer
+// unzeroed; zeroizing a `String` clears its whole capacity.
+pub struct SecretString(String);
 
 impl SecretString {
     /// Wraps a secret value.
     pub fn new(value: impl Into<String>) -> Self {
-        SecretString(value.into().into_boxed_str())
+        SecretString(value.into())
     }
 
     /// The secret itself. Call this only where the value is sent.
     pub fn expose_secret(&self) -> &str {
         &self.0
     }
+
+    /// Whether the value is empty or only whitespace (never a usable secret).
+    pub fn is_blank(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+}
+
+impl Drop for SecretString {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// The one refusal of an empty token or secret, wherever one is given: `setting` names it
+/// (`bearer_token`, `client_secret`, ...) and `what` describes it for the message.
+pub(crate) fn require_secret(
+    setting: &'static str,
+    what: &str,
+    value: &SecretString,
+) -> Result<()> {
+    if value.is_blank() {
+        return Err(Error::InvalidConfig {
+            setting,
+            message: format!(
+                "the {what} is empty: give the value itself (an unset environment variable \
+                 read with `unwrap_or_default()` gives an empty one)"
+            ),
+        });
+    }
+    Ok(())
 }
 
 impl From<String> for SecretString {
@@ -67,6 +104,11 @@ impl AccessToken {
     /// The token itself, for the `Authorization` header.
     pub fn secret(&self) -> &str {
         self.0.expose_secret()
+    }
+
+    /// The token as a [`SecretString`].
+    pub(crate) fn as_secret(&self) -> &SecretString {
+        &self.0
     }
 }
 
@@ -136,6 +178,31 @@ mod tests {
         assert!(!format!("{t:?}").contains("eyJ"));
         assert!(!format!("{t}").contains("eyJ"));
         assert_eq!(t.secret(), "eyJhbGciOi.token.value");
+    }
+
+    #[test]
+    fn blank_secrets_are_refused_naming_the_setting() {
+        for blank in ["", "   ", "\n"] {
+            match require_secret("client_secret", "client secret", &SecretString::new(blank)) {
+                Err(Error::InvalidConfig { setting, message }) => {
+                    assert_eq!(setting, "client_secret");
+                    assert!(
+                        message.starts_with("the client secret is empty"),
+                        "{message}"
+                    );
+                }
+                other => panic!("expected InvalidConfig, got {other:?}"),
+            }
+        }
+        assert!(require_secret("x", "x", &SecretString::new("v")).is_ok());
+    }
+
+    #[test]
+    fn zeroize_clears_the_buffer() {
+        // What Drop does, observed on a value that stays alive.
+        let mut secret = SecretString::new("s3cr3t");
+        secret.0.zeroize();
+        assert!(secret.expose_secret().is_empty());
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! Authorization providers against a wiremock token endpoint and FHIR server: the signed
 //! assertion (checked with the public key), discovery, scope choice, client secrets,
 //! caching, refresh, single flight, OAuth errors, retries and redaction.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
 
 use fhir_bulk::auth::{
     AuthProvider, ClientSecretAuth, ClientSecretMethod, SigningAlgorithm, SmartBackendAuth,

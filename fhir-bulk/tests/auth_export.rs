@@ -1,6 +1,10 @@
 //! A whole export (kick-off, polls, manifest, downloads, DELETE) against a server that demands
 //! SMART Backend Services tokens and honours each for three seconds only: tokens expire
 //! mid-export and every step must keep working across renewals.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
 
 use fhir_bulk::auth::SmartBackendAuth;
 use fhir_bulk::resource::Resource;

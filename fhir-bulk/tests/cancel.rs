@@ -1,4 +1,8 @@
 //! Cancel and delete: DELETE on the status URL, and what servers answer to it.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
 
 mod common;
 

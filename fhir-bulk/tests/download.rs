@@ -1,6 +1,10 @@
 //! Downloads against the in-process bulk data server: every line exactly once through broken
 //! connections (with and without Range, with and without gzip), typed and raw streams, error
 //! and deleted files, organizeOutputBy blocks, expiry, and saving to a directory.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
 
 mod common;
 

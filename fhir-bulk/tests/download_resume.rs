@@ -2,6 +2,10 @@
 //! 127.0.0.1: a body cut mid-line, then a `206` whose `Content-Range` does not start where the
 //! transfer broke off. The client must not splice it in: it reads the file again from the
 //! start and skips what it already delivered.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
 
 mod common;
 

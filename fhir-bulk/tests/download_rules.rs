@@ -1,5 +1,9 @@
 //! NDJSON rules on real downloads (wiremock files): line ends, BOM, blank lines, wrong types,
 //! unparsable and overlong lines under both policies, `count`, and where the token goes.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
 
 mod common;
 

@@ -1,5 +1,9 @@
 //! Kick-off: levels, GET and POST encodings, headers, validation before sending, and every
 //! kind of answer.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
 
 mod common;
 

@@ -1,5 +1,9 @@
 //! Manifests: each vendor's shape, STU4's `outcome` and array `extension`, paging through
 //! `link`, cloud-storage URLs, and broken bodies.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
 
 mod common;
 

@@ -83,14 +83,7 @@ fn a_file_with_every_kind_of_line() {
             "7: Patient/p-4",
         ]
     );
-    assert_eq!(
-        checkpoint,
-        Checkpoint {
-            offset: file.len() as u64,
-            line: 8,
-            lines_delivered: 5
-        }
-    );
+    assert_eq!(checkpoint, Checkpoint::new(file.len() as u64, 8, 5));
 }
 
 #[test]

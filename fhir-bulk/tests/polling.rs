@@ -1,5 +1,9 @@
 //! Status polling: Retry-After in all its forms, X-Progress, the backoff schedule, transient
 //! and terminal failures, separate-export-status, and the deadline.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
 
 mod common;
 

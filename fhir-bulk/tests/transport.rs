@@ -1,5 +1,9 @@
 //! The send path: timeouts, connection failures, redirects and where the token and extra
 //! headers may go, and secrets kept out of errors.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
 
 mod common;
 

@@ -5,7 +5,7 @@ use super::oauth::{OAuthCore, OAuthSettings};
 use super::token_endpoint::Credentials;
 use super::{AuthContext, AuthProvider};
 use crate::error::{Error, Result};
-use crate::secret::{AccessToken, SecretString};
+use crate::secret::{AccessToken, SecretString, require_secret};
 use futures::future::BoxFuture;
 use std::fmt;
 use std::time::Duration;
@@ -38,10 +38,15 @@ impl ClientSecretMethod {
 /// Token endpoint discovery, the default scope, caching, single-flight refresh and the
 /// handling of rejected tokens are as for [`SmartBackendAuth`](super::SmartBackendAuth).
 ///
+/// An empty (or whitespace-only) secret is refused by [`ClientSecretAuthBuilder::build`] with
+/// [`Error::InvalidConfig`] naming `client_secret`, the same refusal as an empty bearer token.
+///
 /// ```no_run
 /// use fhir_bulk::auth::{ClientSecretAuth, ClientSecretMethod};
 /// # fn run() -> fhir_bulk::Result<()> {
-/// let auth = ClientSecretAuth::builder("my-client-id", std::env::var("CLIENT_SECRET").unwrap())
+/// // An unset variable gives "", which `build` refuses, naming `client_secret`.
+/// let secret = std::env::var("CLIENT_SECRET").unwrap_or_default();
+/// let auth = ClientSecretAuth::builder("my-client-id", secret)
 ///     .method(ClientSecretMethod::Post)
 ///     .token_url("https://auth.example/oauth2/token")
 ///     .scope("system/*.read")
@@ -165,12 +170,7 @@ impl ClientSecretAuthBuilder {
                 message: "the client id is empty: give the id the server registered".into(),
             });
         }
-        if self.secret.expose_secret().is_empty() {
-            return Err(Error::InvalidConfig {
-                setting: "client_secret",
-                message: "the client secret is empty".into(),
-            });
-        }
+        require_secret("client_secret", "client secret", &self.secret)?;
         Ok(ClientSecretAuth {
             client_id,
             secret: self.secret,

@@ -83,7 +83,7 @@ impl AssertionSigner {
             iat: now,
             jti: uuid::Uuid::new_v4().simple().to_string(),
         };
-        jsonwebtoken::encode(&header, &claims, &self.key)
+        encode(&header, &claims, &self.key)
             .map(SecretString::new)
             .map_err(|e| {
                 format!(
@@ -93,4 +93,39 @@ impl AssertionSigner {
                 )
             })
     }
+}
+
+/// The signed JWT, with the crypto the crate features chose (see `crate::tls`). Every JWT the
+/// crate signs goes through here: `jsonwebtoken::encode` has no crypto provider (and would
+/// panic) unless `rustls-aws-lc` is on.
+#[cfg(feature = "rustls-aws-lc")]
+pub(super) fn encode<T: Serialize>(
+    header: &Header,
+    claims: &T,
+    key: &EncodingKey,
+) -> Result<String, String> {
+    jsonwebtoken::encode(header, claims, key).map_err(|e| e.to_string())
+}
+
+/// The signed JWT, with the crypto the crate features chose (see `crate::tls`).
+#[cfg(all(
+    not(feature = "rustls-aws-lc"),
+    any(feature = "rustls-ring", feature = "native-tls")
+))]
+pub(super) fn encode<T: Serialize>(
+    header: &Header,
+    claims: &T,
+    key: &EncodingKey,
+) -> Result<String, String> {
+    super::jwt_ring::encode(header, claims, key)
+}
+
+/// Without a TLS feature there is no crypto to sign with.
+#[cfg(not(any(
+    feature = "rustls-aws-lc",
+    feature = "rustls-ring",
+    feature = "native-tls"
+)))]
+pub(super) fn encode<T: Serialize>(_: &Header, _: &T, _: &EncodingKey) -> Result<String, String> {
+    Err(crate::tls::NO_CRYPTO.to_owned())
 }

@@ -18,6 +18,11 @@ mod closure;
 mod der;
 mod discovery;
 mod jwt;
+#[cfg(all(
+    not(feature = "rustls-aws-lc"),
+    any(feature = "rustls-ring", feature = "native-tls")
+))]
+mod jwt_ring;
 mod keys;
 mod oauth;
 mod smart;
@@ -70,5 +75,12 @@ pub trait AuthProvider: Send + Sync + fmt::Debug {
     /// compare with the cached token so concurrent rejections cause one refresh.
     fn token_rejected(&self, token: &AccessToken) {
         let _ = token;
+    }
+
+    /// Checks the provider's own settings; [`BulkClientBuilder::build`](crate::BulkClientBuilder::build)
+    /// calls it and fails with its error, so a provider that can never work (an empty
+    /// [`StaticToken`]) is refused before anything is sent. The default accepts.
+    fn validate(&self) -> Result<()> {
+        Ok(())
     }
 }

@@ -34,6 +34,7 @@ use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
 /// What to do with a line that cannot be used (unparsable, wrong `resourceType`, too long).
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InvalidLines {
     /// Yield the error and end the file's stream.
