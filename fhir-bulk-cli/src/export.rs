@@ -12,7 +12,7 @@ use crate::request;
 use crate::state::{JobState, Phase, StateFile};
 use crate::summary::Summary;
 use crate::transfer;
-use fhir_bulk::{BulkClient, Error, ExportJob, ExportRequest, KickoffMethod, Progress};
+use fhir_bulk::{BulkClient, Error, ExportJob, ExportRequest, Progress};
 use serde_json::{Map, Value, json};
 use std::path::Path;
 use std::time::Instant;
@@ -94,7 +94,9 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
     reporter.milestone(&format!(
         "export ready: {} files (transactionTime {})",
         export.all_files().len(),
-        export.transaction_time()
+        export
+            .transaction_time()
+            .map_or_else(|| "unknown".to_owned(), |t| t.to_string())
     ));
     let report = transfer::download(
         &client,
@@ -206,7 +208,9 @@ async fn kick_off(
         "softwareVersion": software(|s| &s.software_version),
         "softwareReleaseDate": software(|s| &s.software_release_date),
         "fhirVersion": software(|s| &s.fhir_version),
-        "requestParameters": request_parameters(request),
+        "requestParameters": request_parameters(
+            &client.prepare_request(request).unwrap_or_else(|_| request.clone())
+        ),
         "responseHeaders": {},
     });
     let job = match client.kick_off(request).await {
@@ -245,18 +249,12 @@ async fn kick_off(
     Ok((file, job))
 }
 
-/// The kick-off URL: the operation, with the query string for GET.
+/// The kick-off URL exactly as the library sends it (the server profile applied).
 fn export_url(client: &BulkClient, request: &ExportRequest) -> String {
-    let Ok(mut url) = client.base_url().join(&request.operation_path()) else {
-        return format!("{}{}", client.base_url(), request.operation_path());
-    };
-    if request.kickoff_method() == KickoffMethod::Get {
-        let pairs = request.query_pairs();
-        if !pairs.is_empty() {
-            url.query_pairs_mut().extend_pairs(pairs);
-        }
+    match client.kickoff_url(request) {
+        Ok(url) => url.to_string(),
+        Err(_) => format!("{}{}", client.base_url(), request.operation_path()),
     }
-    url.to_string()
 }
 
 /// The kick-off parameters as an object; repeated names become arrays.
@@ -272,11 +270,8 @@ fn request_parameters(request: &ExportRequest) -> Value {
             params.insert(name, json!(value));
         }
     };
-    for (name, value) in request.query_pairs() {
+    for (name, value) in request.parameter_pairs() {
         add(name, value);
-    }
-    for patient in request.patient_references() {
-        add("patient".into(), patient.clone());
     }
     Value::Object(params)
 }

@@ -64,7 +64,7 @@ pub(crate) async fn download(
     reporter: &Reporter,
 ) -> Result<TransferReport, CliError> {
     state.state.phase = state::Phase::Downloading;
-    state.state.transaction_time = Some(export.transaction_time().to_owned());
+    state.state.transaction_time = export.transaction_time().map(|t| t.to_string());
     state.save()?;
     let started = std::time::Instant::now();
     let options = save_options(output);
@@ -76,7 +76,7 @@ pub(crate) async fn download(
         names.iter().map(|(_, rel)| state::key(rel)).collect();
     state.state.files.retain(|key, _| listed.contains(key));
     for (file, relative) in names {
-        let url = fhir_bulk::redact_url_str(&file.file.url);
+        let url = file.file.url.redacted();
         if already_complete(dir, &relative, &url, state) {
             report.skipped += 1;
             reporter.detail(&format!("{} is already complete", relative.display()));
@@ -113,7 +113,7 @@ pub(crate) async fn download(
     }))
     .buffer_unordered(concurrency);
     while let Some((file, relative, name, progress, result)) = results.next().await {
-        let url = fhir_bulk::redact_url_str(&file.file.url);
+        let url = file.file.url.redacted();
         match result {
             Ok(saved) => {
                 log.event(

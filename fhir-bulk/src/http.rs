@@ -6,7 +6,6 @@
 use crate::client::Inner;
 use crate::error::{Error, ErrorResponse, RequestIds, Result, TransportErrorKind};
 use crate::outcome::OperationOutcome;
-use crate::poll::parse_retry_after;
 use crate::secret::{AccessToken, redact_url};
 use backon::Retryable;
 use bytes::Bytes;
@@ -205,10 +204,15 @@ struct Failure {
 }
 
 impl Inner {
-    /// The parsed `Retry-After` of an answer.
+    /// The parsed `Retry-After` of an answer, from the header the server profile says.
     pub(crate) fn retry_after(&self, headers: &HeaderMap) -> Option<Duration> {
-        header_str(headers, "retry-after")
-            .and_then(|v| parse_retry_after(v, self.poll.retry_after_unit, (self.clock)()))
+        self.profile
+            .retry_after(
+                |name| header_str(headers, name),
+                self.poll.retry_after_unit,
+                (self.clock)(),
+            )
+            .map(|hint| hint.delay)
     }
 
     /// Whether `url` may receive the token: the FHIR base's origin, or a trusted one.

@@ -12,7 +12,6 @@ use super::DownloadOptions;
 use crate::client::BulkClient;
 use crate::error::{Error, Result};
 use crate::manifest::{CompletedExport, ExportFile, FileKind};
-use crate::secret::redact_url_str;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use futures::{StreamExt, TryStreamExt};
@@ -287,7 +286,7 @@ impl BulkClient {
             path: path.to_owned(),
             kind: file.kind,
             resource_type: file.file.resource_type.clone(),
-            url: redact_url_str(&file.file.url),
+            url: file.file.url.redacted(),
             lines,
             bytes,
             data_bytes,
