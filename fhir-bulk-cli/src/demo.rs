@@ -48,6 +48,10 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<(), CliError> {
         organize_output_by: None,
         params: Vec::new(),
         lenient: false,
+        separate_export_status: false,
+        list_encoding: None,
+        type_filter_encoding: None,
+        associated_data_encoding: None,
         server: ServerArgs {
             token: Some(SecretString::new(token)),
             ..ServerArgs::default()

@@ -196,6 +196,17 @@ async fn kick_off(
             None
         }
     };
+    if let Some(suggested) = server.as_ref().and_then(|s| s.suggested_profile())
+        && suggested != client.server_profile()
+    {
+        reporter.detail(&format!(
+            "the CapabilityStatement names {}: consider --server-profile {suggested} (using {})",
+            suggested.display_name(),
+            client.server_profile()
+        ));
+    } else {
+        reporter.detail(&format!("server profile: {}", client.server_profile()));
+    }
     let software = |field: fn(&fhir_bulk::CapabilityStatement) -> &Option<String>| {
         server.as_ref().and_then(|s| field(s).clone())
     };
