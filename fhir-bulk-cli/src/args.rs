@@ -2,7 +2,7 @@
 //! what needs the file system or the library's rules is checked later, still naming the flag.
 
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use fhir_bulk::SecretString;
+use fhir_bulk::{SecretString, ServerProfile};
 use std::path::PathBuf;
 
 /// The default output directory of `export`.
@@ -156,6 +156,40 @@ pub(crate) struct ServerArgs {
         help_heading = "Auth"
     )]
     pub(crate) headers: Vec<(String, String)>,
+
+    /// The kind of server, for its encodings, documented limits, poll defaults and readings of
+    /// Retry-After and DELETE answers: stu4, oracle, epic, google, microsoft, smart or generic
+    /// [default: from the base URL's host when it is a vendor's cloud, else generic; -v tells
+    /// which profile the CapabilityStatement suggests].
+    #[arg(long, value_name = "NAME", value_parser = parse_profile, help_heading = "Server")]
+    pub(crate) server_profile: Option<ServerProfile>,
+}
+
+fn parse_profile(text: &str) -> Result<ServerProfile, String> {
+    text.parse::<ServerProfile>().map_err(|e| match e {
+        fhir_bulk::Error::InvalidConfig { message, .. } => message,
+        other => other.to_string(),
+    })
+}
+
+/// `--list-encoding` and `--type-filter-encoding`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ListEncodingArg {
+    /// One parameter, values joined with commas (STU2/STU3, Oracle).
+    Comma,
+    /// One parameter per value (STU4).
+    Repeated,
+    /// Comma-joined, commas inside a value escaped as `\,` (Epic's `_typeFilter`).
+    Escaped,
+}
+
+/// `--associated-data-encoding`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AssociatedDataArg {
+    /// `valueCode` (STU2/STU3).
+    Code,
+    /// `valueCoding` with the IG's code system (STU4).
+    Coding,
 }
 
 /// How status polling waits.
@@ -325,6 +359,40 @@ pub(crate) struct ExportArgs {
     /// the export still runs, so its completion costs only the last files.
     #[arg(long, help_heading = "Kick-off parameters")]
     pub(crate) allow_partial_manifests: bool,
+    /// Ask for status answers as 200 with the job state in X-Export-Status (Prefer:
+    /// separate-export-status, STU3+).
+    #[arg(long, help_heading = "Kick-off parameters")]
+    pub(crate) separate_export_status: bool,
+
+    /// How _type, _elements and includeAssociatedData lists are sent [default: the server
+    /// profile's; comma without one].
+    #[arg(
+        long,
+        value_enum,
+        value_name = "ENCODING",
+        help_heading = "Kick-off parameters"
+    )]
+    pub(crate) list_encoding: Option<ListEncodingArg>,
+
+    /// How several --type-filter queries are sent [default: the server profile's; repeated
+    /// without one].
+    #[arg(
+        long,
+        value_enum,
+        value_name = "ENCODING",
+        help_heading = "Kick-off parameters"
+    )]
+    pub(crate) type_filter_encoding: Option<ListEncodingArg>,
+
+    /// How includeAssociatedData is typed in a POST body [default: the server profile's; code
+    /// without one].
+    #[arg(
+        long,
+        value_enum,
+        value_name = "ENCODING",
+        help_heading = "Kick-off parameters"
+    )]
+    pub(crate) associated_data_encoding: Option<AssociatedDataArg>,
 
     /// Authorization and headers.
     #[command(flatten)]

@@ -3,7 +3,9 @@
 use crate::args::{PollArgs, RetryAfterUnitArg, ServerArgs};
 use crate::auth;
 use crate::error::{CliError, from_lib};
-use fhir_bulk::{BulkClient, CapabilityStatement, Error, PollPolicy, RetryAfterUnit, RetryPolicy};
+use fhir_bulk::{
+    BulkClient, CapabilityStatement, Error, PollPolicy, RetryAfterUnit, RetryPolicy, ServerProfile,
+};
 use std::time::Duration;
 
 /// The longest the CLI spends on the CapabilityStatement (read for `log.ndjson` only) before
@@ -41,8 +43,10 @@ pub(crate) fn build(
     server: &ServerArgs,
     poll: &PollArgs,
 ) -> Result<BulkClient, CliError> {
+    let profile = profile(base, server);
     let mut builder = BulkClient::builder(base)
-        .poll_policy(poll_policy(poll))
+        .server_profile(profile)
+        .poll_policy(poll_policy(poll, profile))
         .retry_policy(retry_policy(poll));
     if let Some(provider) = auth::provider(server)? {
         builder = builder.auth_arc(provider);
@@ -56,10 +60,23 @@ pub(crate) fn build(
     builder.build().map_err(from_lib)
 }
 
-/// The poll policy: the library's defaults, with `--max-poll-interval` and
+/// `--server-profile`, else the profile the base URL's host names (a vendor's cloud), else
+/// the generic one.
+pub(crate) fn profile(base: &str, server: &ServerArgs) -> ServerProfile {
+    server
+        .server_profile
+        .or_else(|| {
+            url::Url::parse(base)
+                .ok()
+                .and_then(|u| ServerProfile::suggest_for_url(&u))
+        })
+        .unwrap_or_default()
+}
+
+/// The poll policy: the server profile's defaults, with `--max-poll-interval` and
 /// `--retry-after-unit` applied.
-pub(crate) fn poll_policy(poll: &PollArgs) -> PollPolicy {
-    let mut policy = PollPolicy::default();
+pub(crate) fn poll_policy(poll: &PollArgs, profile: ServerProfile) -> PollPolicy {
+    let mut policy = profile.poll_policy();
     if let Some(secs) = poll.max_poll_interval {
         let max = Duration::from_secs_f64(secs);
         policy = policy.with_max_interval(max);
@@ -92,19 +109,53 @@ mod tests {
 
     #[test]
     fn poll_flags_shape_the_policy() {
-        let policy = poll_policy(&PollArgs {
-            retry_after_unit: RetryAfterUnitArg::Millis,
-            max_poll_interval: Some(0.5),
-        });
+        let policy = poll_policy(
+            &PollArgs {
+                retry_after_unit: RetryAfterUnitArg::Millis,
+                max_poll_interval: Some(0.5),
+            },
+            ServerProfile::Generic,
+        );
         assert_eq!(policy.max_interval, Duration::from_millis(500));
         assert_eq!(policy.initial_delay, Duration::from_millis(500));
         assert_eq!(policy.retry_after_unit, RetryAfterUnit::Milliseconds);
-        assert_eq!(poll_policy(&PollArgs::default()), PollPolicy::default());
+        assert_eq!(
+            poll_policy(&PollArgs::default(), ServerProfile::Generic),
+            PollPolicy::default()
+        );
+        assert_eq!(
+            poll_policy(&PollArgs::default(), ServerProfile::Epic),
+            ServerProfile::Epic.poll_policy()
+        );
         let capped = retry_policy(&PollArgs {
             retry_after_unit: RetryAfterUnitArg::Seconds,
             max_poll_interval: Some(0.5),
         });
         assert_eq!(capped.max_retry_after, Duration::from_millis(500));
         assert_eq!(retry_policy(&PollArgs::default()), RetryPolicy::default());
+    }
+
+    #[test]
+    fn profile_from_the_flag_or_the_host() {
+        let none = ServerArgs::default();
+        assert_eq!(
+            profile("https://ehr.example/fhir", &none),
+            ServerProfile::Generic
+        );
+        assert_eq!(
+            profile(
+                "https://healthcare.googleapis.com/v1/projects/p/locations/l/datasets/d/fhirStores/s/fhir",
+                &none
+            ),
+            ServerProfile::GoogleCloudHealthcare
+        );
+        let flag = ServerArgs {
+            server_profile: Some(ServerProfile::SmartReference),
+            ..ServerArgs::default()
+        };
+        assert_eq!(
+            profile("https://healthcare.googleapis.com/v1/x", &flag),
+            ServerProfile::SmartReference
+        );
     }
 }

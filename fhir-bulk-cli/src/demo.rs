@@ -49,6 +49,10 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<(), CliError> {
         params: Vec::new(),
         lenient: false,
         allow_partial_manifests: false,
+        separate_export_status: false,
+        list_encoding: None,
+        type_filter_encoding: None,
+        associated_data_encoding: None,
         server: ServerArgs {
             token: Some(SecretString::new(token)),
             ..ServerArgs::default()

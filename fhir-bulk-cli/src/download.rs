@@ -72,7 +72,7 @@ fn manifest_base(args: &DownloadArgs, export: &CompletedExport) -> Result<String
         let first = export
             .all_files()
             .into_iter()
-            .find_map(|f| origin(&f.file.url));
+            .find_map(|f| origin(f.file.url.expose()));
         return Ok(first.unwrap_or_else(|| "http://127.0.0.1/".to_owned()));
     }
     Err(CliError::usage(

@@ -110,7 +110,10 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
     reporter.milestone(&format!(
         "export ready: {} (transactionTime {})",
         crate::plural::count(export.all_files().len() as u64, "file"),
-        crate::escape::server_text(export.transaction_time())
+        export.transaction_time().map_or_else(
+            || "unknown".to_owned(),
+            |t| crate::escape::server_text(&t.to_string())
+        )
     ));
     let report = downloads.finish(&export, &mut state).await?;
     let issues = transfer::conclude(
@@ -208,6 +211,17 @@ async fn kick_off(
             None
         }
     };
+    if let Some(suggested) = server.as_ref().and_then(|s| s.suggested_profile())
+        && suggested != client.server_profile()
+    {
+        reporter.detail(&format!(
+            "the CapabilityStatement names {}: consider --server-profile {suggested} (using {})",
+            suggested.display_name(),
+            client.server_profile()
+        ));
+    } else {
+        reporter.detail(&format!("server profile: {}", client.server_profile()));
+    }
     let software = |field: fn(&fhir_bulk::CapabilityStatement) -> &Option<String>| {
         server.as_ref().and_then(|s| field(s).clone())
     };
@@ -220,7 +234,9 @@ async fn kick_off(
         "softwareVersion": software(|s| &s.software_version),
         "softwareReleaseDate": software(|s| &s.software_release_date),
         "fhirVersion": software(|s| &s.fhir_version),
-        "requestParameters": request_parameters(request),
+        "requestParameters": request_parameters(
+            &client.prepare_request(request).unwrap_or_else(|_| request.clone())
+        ),
         "responseHeaders": {},
     });
     let job = match client.kick_off(request).await {
@@ -231,7 +247,7 @@ async fn kick_off(
             detail["errorBody"] = failed["body"].clone();
             detail["responseHeaders"] = failed["responseHeaders"].clone();
             log.event("kickoff", detail);
-            let refused = if request.kickoff_method() == KickoffMethod::Post {
+            let refused = if client.kickoff_method(request).ok() == Some(KickoffMethod::Post) {
                 format!(
                     "POST {export_url} with the parameters {}",
                     request_parameters(request)
@@ -267,18 +283,12 @@ async fn kick_off(
     Ok((file, job))
 }
 
-/// The kick-off URL: the operation, with the query string for GET.
+/// The kick-off URL exactly as the library sends it (the server profile applied).
 fn export_url(client: &BulkClient, request: &ExportRequest) -> String {
-    let Ok(mut url) = client.base_url().join(&request.operation_path()) else {
-        return format!("{}{}", client.base_url(), request.operation_path());
-    };
-    if request.kickoff_method() == KickoffMethod::Get {
-        let pairs = request.query_pairs();
-        if !pairs.is_empty() {
-            url.query_pairs_mut().extend_pairs(pairs);
-        }
+    match client.kickoff_url(request) {
+        Ok(url) => url.to_string(),
+        Err(_) => format!("{}{}", client.base_url(), request.operation_path()),
     }
-    url.to_string()
 }
 
 /// The kick-off parameters as an object; repeated names become arrays.
@@ -294,11 +304,8 @@ fn request_parameters(request: &ExportRequest) -> Value {
             params.insert(name, json!(value));
         }
     };
-    for (name, value) in request.query_pairs() {
+    for (name, value) in request.parameter_pairs() {
         add(name, value);
-    }
-    for patient in request.patient_references() {
-        add("patient".into(), patient.clone());
     }
     Value::Object(params)
 }

@@ -133,7 +133,7 @@ pub(crate) fn download_request(log: &EventLog, file: &ExportFile) {
     log.event(
         "download_request",
         json!({
-            "fileUrl": fhir_bulk::redact_url_str(&file.file.url),
+            "fileUrl": file.file.url.redacted(),
             "itemType": item_type(file.kind),
             "resourceType": file.file.resource_type,
         }),

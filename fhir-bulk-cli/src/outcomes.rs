@@ -44,14 +44,11 @@ impl IssueCounts {
     }
 
     fn add(&mut self, outcome: &OperationOutcome) {
-        for issue in &outcome.issue {
-            match issue.severity.as_str() {
-                "fatal" => self.fatal += 1,
-                "error" => self.error += 1,
-                "warning" => self.warning += 1,
-                _ => self.information += 1,
-            }
-        }
+        let counts = outcome.counts();
+        self.fatal += counts.fatal;
+        self.error += counts.error;
+        self.warning += counts.warning;
+        self.information += counts.information + counts.other;
     }
 }
 

@@ -1,8 +1,8 @@
 //! The kick-off request the `export` flags describe.
 
-use crate::args::ExportArgs;
+use crate::args::{AssociatedDataArg, ExportArgs, ListEncodingArg};
 use crate::error::{CliError, from_lib};
-use fhir_bulk::ExportRequest;
+use fhir_bulk::{AssociatedDataEncoding, ExportRequest, ListEncoding};
 use std::path::Path;
 
 /// Builds and validates the request; a bad value is a usage error naming its flag.
@@ -65,8 +65,24 @@ pub(crate) fn build(args: &ExportArgs) -> Result<ExportRequest, CliError> {
     if args.allow_partial_manifests {
         request = request.allow_partial_manifests(true);
     }
-    request = request.lenient(args.lenient);
-    request.validate().map_err(from_lib)?;
+    request = request
+        .lenient(args.lenient)
+        .separate_export_status(args.separate_export_status);
+    if let Some(encoding) = args.list_encoding {
+        request = request.list_encoding(list_encoding(encoding));
+    }
+    if let Some(encoding) = args.type_filter_encoding {
+        request = request.type_filter_encoding(list_encoding(encoding));
+    }
+    if let Some(encoding) = args.associated_data_encoding {
+        request = request.associated_data_encoding(match encoding {
+            AssociatedDataArg::Code => AssociatedDataEncoding::Code,
+            AssociatedDataArg::Coding => AssociatedDataEncoding::Coding,
+        });
+    }
+    // The IG's rules and the server profile's documented limits, before anything is sent.
+    let profile = crate::client::profile(&args.base_url, &args.server);
+    let _prepared = profile.prepare(&request).map_err(from_lib)?;
     Ok(request)
 }
 
@@ -118,6 +134,14 @@ fn pass_through(
         },
         _ => request.param(name, value),
     })
+}
+
+fn list_encoding(arg: ListEncodingArg) -> ListEncoding {
+    match arg {
+        ListEncodingArg::Comma => ListEncoding::CommaJoined,
+        ListEncodingArg::Repeated => ListEncoding::Repeated,
+        ListEncodingArg::Escaped => ListEncoding::CommaJoinedEscaped,
+    }
 }
 
 fn non_empty(values: &[String]) -> Vec<&str> {

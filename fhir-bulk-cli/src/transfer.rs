@@ -145,7 +145,7 @@ impl<'a> Downloads<'a> {
         let (mut queued, mut skipped) = (0, 0);
         for (file, relative) in names {
             let key = state::key(&relative);
-            let url = fhir_bulk::redact_url_str(&file.file.url);
+            let url = file.file.url.redacted();
             if let Some(seen) = self.offered.get(&key) {
                 if *seen != url {
                     self.report.failures.push((
@@ -236,7 +236,7 @@ impl<'a> Downloads<'a> {
             progress,
             result,
         } = done;
-        let url = fhir_bulk::redact_url_str(&file.file.url);
+        let url = file.file.url.redacted();
         match result {
             Ok(saved) => {
                 self.log.event(
@@ -289,7 +289,7 @@ impl<'a> Downloads<'a> {
         state: &mut StateFile,
     ) -> Result<TransferReport, CliError> {
         state.state.phase = state::Phase::Downloading;
-        state.state.transaction_time = Some(export.transaction_time().to_owned());
+        state.state.transaction_time = export.transaction_time().map(|t| t.to_string());
         // Forget records of files this manifest does not list (an earlier manifest's).
         let names = file_names(export, self.options.gzip);
         let listed: HashSet<String> = names.iter().map(|(_, rel)| state::key(rel)).collect();

@@ -239,7 +239,7 @@ async fn socket_ceiling(file: &ExportFile) -> (u64, u64) {
         .build()
         .expect("reqwest");
     let mut response = http
-        .get(&file.file.url)
+        .get(file.file.url.expose())
         .bearer_auth(TOKEN)
         .send()
         .await

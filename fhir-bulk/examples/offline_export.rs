@@ -68,7 +68,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
         })
         .await?;
-    println!("complete; transactionTime {}", export.transaction_time());
+    if let Some(time) = export.transaction_time() {
+        println!("complete; transactionTime {time}");
+    }
     for file in export.files(FileKind::Output) {
         println!(
             "  {:<10} {:>4} resources  {}",

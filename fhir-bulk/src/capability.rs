@@ -19,6 +19,10 @@ pub struct CapabilityStatement {
     pub software_version: Option<String>,
     /// `software.releaseDate`.
     pub software_release_date: Option<String>,
+    /// `name`: the statement's computer-friendly name.
+    pub name: Option<String>,
+    /// `publisher`: the organization that published the statement.
+    pub publisher: Option<String>,
     /// `fhirVersion`, e.g. `4.0.1`.
     pub fhir_version: Option<String>,
     /// The names of the operations in `rest[].operation[]` and `rest[].resource[].operation[]`
@@ -56,10 +60,20 @@ impl CapabilityStatement {
             software_name: text(&raw["software"]["name"]),
             software_version: text(&raw["software"]["version"]),
             software_release_date: text(&raw["software"]["releaseDate"]),
+            name: text(&raw["name"]),
+            publisher: text(&raw["publisher"]),
             fhir_version: text(&raw["fhirVersion"]),
             operations,
             raw,
         }
+    }
+}
+
+impl CapabilityStatement {
+    /// The server profile its software, publisher or name suggests
+    /// ([`ServerProfile::suggest`](crate::ServerProfile::suggest)).
+    pub fn suggested_profile(&self) -> Option<crate::ServerProfile> {
+        crate::ServerProfile::suggest(self)
     }
 }
 
@@ -105,6 +119,8 @@ mod tests {
         let cs = CapabilityStatement::from_value(json!({
             "resourceType": "CapabilityStatement",
             "fhirVersion": "4.0.1",
+            "name": "CernerMillennium",
+            "publisher": "Oracle Health",
             "software": {"name": "Millennium", "version": "2024.1", "releaseDate": "2024-02-01"},
             "rest": [{
                 "mode": "server",
@@ -119,6 +135,12 @@ mod tests {
         assert_eq!(cs.software_version.as_deref(), Some("2024.1"));
         assert_eq!(cs.software_release_date.as_deref(), Some("2024-02-01"));
         assert_eq!(cs.fhir_version.as_deref(), Some("4.0.1"));
+        assert_eq!(cs.name.as_deref(), Some("CernerMillennium"));
+        assert_eq!(cs.publisher.as_deref(), Some("Oracle Health"));
+        assert_eq!(
+            cs.suggested_profile(),
+            Some(crate::ServerProfile::OracleHealth)
+        );
         assert_eq!(cs.operations, ["export", "patient-export", "group-export"]);
         let empty = CapabilityStatement::from_value(json!({"resourceType": "CapabilityStatement"}));
         assert_eq!(empty.software_name, None);

@@ -5,6 +5,7 @@ use crate::auth::{AuthContext, AuthProvider, StaticToken};
 use crate::error::{Error, Result};
 use crate::manifest::CompletedExport;
 use crate::poll::{ClockFn, PollPolicy, SleepFn, system_clock, tokio_sleep};
+use crate::profile::ServerProfile;
 use crate::request::ExportRequest;
 use crate::retry::RetryPolicy;
 use crate::secret::{AccessToken, SecretString};
@@ -31,7 +32,7 @@ pub const DEFAULT_USER_AGENT: &str = concat!("fhir-bulk/", env!("CARGO_PKG_VERSI
 ///     .build()?;
 /// let job = client.kick_off(&ExportRequest::group("g1").types(["Patient"])).await?;
 /// let export = job.wait().await?;
-/// println!("next _since: {}", export.transaction_time());
+/// println!("next _since: {:?}", export.transaction_time());
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -56,6 +57,7 @@ pub(crate) struct Inner {
     pub(crate) random: RandomFn,
     /// The access tokens sent lately, scrubbed from whatever the server sends back.
     pub(crate) sent_tokens: Mutex<Vec<AccessToken>>,
+    pub(crate) profile: ServerProfile,
 }
 
 impl Inner {
@@ -88,6 +90,7 @@ impl fmt::Debug for BulkClient {
             .field("allow_insecure_http", &inner.allow_insecure_http)
             .field("poll", &inner.poll)
             .field("retry", &inner.retry)
+            .field("profile", &inner.profile)
             .finish_non_exhaustive()
     }
 }
@@ -111,6 +114,11 @@ impl BulkClient {
     /// The retry policy.
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.inner.retry
+    }
+
+    /// The server profile.
+    pub fn server_profile(&self) -> ServerProfile {
+        self.inner.profile
     }
 
     /// Kicks off `request` and waits for it to complete.
@@ -357,7 +365,8 @@ pub struct BulkClientBuilder {
     auth: Option<Arc<dyn AuthProvider>>,
     trusted_origins: Vec<String>,
     allow_insecure_http: bool,
-    poll: PollPolicy,
+    poll: Option<PollPolicy>,
+    profile: ServerProfile,
     retry: RetryPolicy,
     sleep: Option<SleepFn>,
     clock: Option<ClockFn>,
@@ -429,7 +438,8 @@ impl BulkClientBuilder {
             auth: None,
             trusted_origins: Vec::new(),
             allow_insecure_http: false,
-            poll: PollPolicy::default(),
+            poll: None,
+            profile: ServerProfile::Generic,
             retry: RetryPolicy::default(),
             sleep: None,
             clock: None,
@@ -502,9 +512,19 @@ impl BulkClientBuilder {
         self
     }
 
-    /// How status polling waits.
+    /// How status polling waits (default: the server profile's
+    /// [`ServerProfile::poll_policy`]).
     pub fn poll_policy(mut self, policy: PollPolicy) -> Self {
-        self.poll = policy;
+        self.poll = Some(policy);
+        self
+    }
+
+    /// The kind of server (default [`ServerProfile::Generic`]): its parameter encodings and
+    /// documented limits apply to every kick-off, its poll defaults to polling (unless
+    /// [`BulkClientBuilder::poll_policy`] is set), and its readings of `Retry-After` and DELETE
+    /// answers to every job.
+    pub fn server_profile(mut self, profile: ServerProfile) -> Self {
+        self.profile = profile;
         self
     }
 
@@ -578,7 +598,8 @@ impl BulkClientBuilder {
                 "the user agent holds characters a header cannot carry",
             )
         })?;
-        if self.poll.max_interval.is_zero() {
+        let poll = self.poll.unwrap_or_else(|| self.profile.poll_policy());
+        if poll.max_interval.is_zero() {
             return Err(invalid("poll_policy", "max_interval must be above zero"));
         }
         crate::tls::check_scheme("base_url", &base)?;
@@ -598,12 +619,13 @@ impl BulkClientBuilder {
                 extra_headers,
                 user_agent,
                 allow_insecure_http: insecure,
-                poll: self.poll,
+                poll,
                 retry: self.retry,
                 sleep: self.sleep.unwrap_or_else(tokio_sleep),
                 clock: self.clock.unwrap_or_else(system_clock),
                 random: self.random.unwrap_or_else(fastrand_source),
                 sent_tokens: Mutex::new(Vec::new()),
+                profile: self.profile,
             }),
         })
     }

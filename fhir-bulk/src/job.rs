@@ -5,6 +5,7 @@ use crate::client::BulkClient;
 use crate::error::{Error, RequestIds, Result};
 use crate::manifest::{CompletedExport, Manifest, PageCollector};
 use crate::outcome::OperationOutcome;
+use crate::poll::PollSchedule;
 use crate::request::ExportRequest;
 use crate::secret::redact_url;
 use crate::status::{Progress, StatusAnswer, StatusDecision, decide};
@@ -25,7 +26,7 @@ fn files_of(page: &Manifest) -> impl Iterator<Item = String> + '_ {
         .iter()
         .chain(&page.error)
         .chain(&page.deleted)
-        .map(|f| f.url.clone())
+        .map(|f| f.url.expose().to_owned())
 }
 
 /// What identifies an export job on the server; save it to resume polling after a restart.
@@ -101,6 +102,9 @@ pub struct DeleteReport {
     pub outcome: DeleteOutcome,
     /// The `OperationOutcome` the server sent with its answer, if any.
     pub operation_outcome: Option<OperationOutcome>,
+    /// The manifest of the files written before the cancel, when the server sends one with
+    /// its answer (Microsoft's FHIR service: 200 with a partial manifest).
+    pub partial_manifest: Option<Box<Manifest>>,
     /// The request-id headers of the answer.
     pub request_ids: RequestIds,
 }
@@ -153,7 +157,8 @@ impl ExportJob {
     }
 
     fn get(&self, context: &'static str, url: Url) -> Call {
-        Call::new(context, Method::GET, url).header(ACCEPT, "application/json")
+        let accept = self.client.inner.profile.status_accept();
+        Call::new(context, Method::GET, url).header(ACCEPT, accept)
     }
 
     /// Polls the status URL once. Transient failures (429, 5xx without a FHIR body, transient
@@ -224,7 +229,7 @@ impl ExportJob {
         let policy = &inner.poll;
         let started = tokio::time::Instant::now();
         let mut pages = PageCollector::default();
-        let mut attempt: u32 = 0;
+        let mut schedule = PollSchedule::default();
         loop {
             match self.poll().await? {
                 PollStatus::Complete(manifest) => {
@@ -236,7 +241,12 @@ impl ExportJob {
                     if let Some(partial) = progress.partial_manifest.clone() {
                         self.collect(&mut pages, *partial, false).await?;
                     }
-                    let mut wait = policy.delay(attempt, progress.retry_after, (inner.random)());
+                    let mut wait = schedule.next_wait(
+                        policy,
+                        progress.text.as_deref(),
+                        progress.retry_after,
+                        (inner.random)(),
+                    );
                     if let Some(server) = progress.retry_after.filter(|d| !d.is_zero()) {
                         tracing::info!(
                             target: "fhir_bulk::retry_after",
@@ -245,7 +255,6 @@ impl ExportJob {
                             "server wait honoured"
                         );
                     }
-                    attempt = attempt.saturating_add(1);
                     if let Some(deadline) = policy.deadline {
                         let left = deadline.saturating_sub(started.elapsed());
                         if left.is_zero() {
@@ -342,14 +351,18 @@ impl ExportJob {
             .what("DELETE")
             .header(ACCEPT, "application/fhir+json");
         let answer = inner.request(&call).await?;
-        let outcome = match answer.status {
-            200..=299 => DeleteOutcome::Deleted,
-            404 | 410 => DeleteOutcome::AlreadyGone,
-            _ => return Err(inner.unexpected(context, &answer)),
+        let Some(outcome) = inner.profile.delete_outcome(answer.status) else {
+            return Err(inner.unexpected(context, &answer));
         };
+        let partial_manifest = (inner.profile.delete_may_carry_manifest(answer.status)
+            && Manifest::looks_like_manifest(&answer.body))
+        .then(|| Manifest::from_slice(&answer.body, &redact_url(&answer.url)).ok())
+        .flatten()
+        .map(Box::new);
         Ok(DeleteReport {
             outcome,
             operation_outcome: OperationOutcome::parse(&answer.body),
+            partial_manifest,
             request_ids: crate::transport::request_ids(&answer.headers),
         })
     }

@@ -87,14 +87,49 @@ pub(crate) fn resolve_status_url(base: &Url, location: &str) -> Option<Url> {
 }
 
 impl BulkClient {
+    /// The request exactly as [`BulkClient::kick_off`] sends it: checked against the IG's
+    /// rules and the client's [`ServerProfile`](crate::ServerProfile), with the profile's
+    /// encodings and required parameters applied (see
+    /// [`ServerProfile::prepare`](crate::ServerProfile::prepare)).
+    pub fn prepare_request(&self, request: &ExportRequest) -> Result<ExportRequest> {
+        self.inner.profile.prepare(request)
+    }
+
+    /// The URL [`BulkClient::kick_off`] sends `request` to: the operation joined to the base,
+    /// with the query string for GET, after the server profile is applied. It is the very URL
+    /// sent, query included, so log it with care when parameters are sensitive.
+    ///
+    /// ```
+    /// use fhir_bulk::{BulkClient, ExportRequest, ServerProfile};
+    /// let client = BulkClient::builder("https://ws.fhir.azurehealthcareapis.com")
+    ///     .server_profile(ServerProfile::Microsoft)
+    ///     .build()?;
+    /// let request = ExportRequest::system().types(["Patient"]).until("2024-02-01T00:00:00Z");
+    /// assert_eq!(
+    ///     client.kickoff_url(&request)?.as_str(),
+    ///     "https://ws.fhir.azurehealthcareapis.com/$export?_type=Patient&_till=2024-02-01T00:00:00Z"
+    /// );
+    /// # Ok::<(), fhir_bulk::Error>(())
+    /// ```
+    pub fn kickoff_url(&self, request: &ExportRequest) -> Result<Url> {
+        kickoff_url(&self.inner.base, &self.prepare_request(request)?)
+    }
+
+    /// The HTTP method [`BulkClient::kick_off`] would use for `request` (the server profile
+    /// applied): [`KickoffMethod::Post`] sends the parameters as a `Parameters` body.
+    pub fn kickoff_method(&self, request: &ExportRequest) -> Result<KickoffMethod> {
+        Ok(self.prepare_request(request)?.method)
+    }
+
     /// Validates `request`, sends the kick-off, and returns the job to poll.
     ///
-    /// Errors: [`Error::InvalidRequest`] before anything is sent;
+    /// Errors: [`Error::InvalidRequest`] before anything is sent (the IG's rules and the
+    /// server profile's limits, see [`BulkClient::prepare_request`]);
     /// [`Error::ExportInProgress`] for a 429 (one export per client);
     /// [`Error::KickoffRejected`] for any other answer than `202 Accepted` with a
     /// `Content-Location`; [`Error::Auth`] for 401/403.
     pub async fn kick_off(&self, request: &ExportRequest) -> Result<ExportJob> {
-        request.validate()?;
+        let request = &self.prepare_request(request)?;
         let inner = &self.inner;
         let url = kickoff_url(&inner.base, request)?;
         let method = match request.method {

@@ -47,9 +47,12 @@
 //! let export = job.wait_with(|p| println!("{}", p.text.as_deref().unwrap_or("…"))).await?;
 //!
 //! for file in export.files(FileKind::Output) {
+//!     // `file.file.url` prints without its query string (a pre-signed URL's signature).
 //!     println!("{:?}: {} ({:?} resources)", file.file.resource_type, file.file.url, file.file.count);
 //! }
-//! println!("next _since: {}", export.transaction_time());
+//! if let Some(since) = export.transaction_time() {
+//!     println!("next _since: {since}");
+//! }
 //! job.delete().await?;
 //! # Ok(()) }
 //! ```
@@ -82,6 +85,7 @@ mod manifest;
 pub mod ndjson;
 pub mod outcome;
 mod poll;
+mod profile;
 mod request;
 pub mod resource;
 mod retry;
@@ -101,12 +105,15 @@ pub use client::{BulkClient, BulkClientBuilder, DEFAULT_USER_AGENT, HttpOptions}
 pub use download::{DownloadOptions, InvalidLines, Record, RecordStream};
 pub use error::{Error, ErrorResponse, LineErrorKind, RequestIds, Result, TransportErrorKind};
 pub use job::{DeleteOutcome, DeleteReport, ExportJob, JobHandle, PollStatus};
-pub use manifest::{CompletedExport, ExportFile, FileKind, Manifest, ManifestFile, ManifestLink};
-pub use outcome::OperationOutcome;
-pub use poll::{ClockFn, PollPolicy, RetryAfterUnit, SleepFn, parse_retry_after};
+pub use manifest::{
+    CompletedExport, ExportFile, FileKind, FileUrl, Manifest, ManifestFile, ManifestLink,
+};
+pub use outcome::{OperationOutcome, SeverityCounts};
+pub use poll::{ClockFn, PollPolicy, PollSchedule, RetryAfterUnit, SleepFn, parse_retry_after};
+pub use profile::{Encodings, RetryAfterHint, ServerProfile};
 pub use request::{
     AssociatedDataEncoding, ExportLevel, ExportRequest, INCLUDE_ASSOCIATED_DATA_SYSTEM,
-    KickoffMethod, ListEncoding, ParamValue, ValidationProfile,
+    KickoffMethod, ListEncoding, ParamValue,
 };
 pub use retry::RetryPolicy;
 pub use secret::{AccessToken, SecretString, redact_url_str};

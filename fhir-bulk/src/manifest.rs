@@ -2,12 +2,116 @@
 //! STU4 shapes, and the set of manifest pages a finished export consists of.
 
 use crate::error::{Error, Result};
-use crate::secret::redact_url_str;
+use crate::resource::Timestamp;
+use crate::secret::{redact_url, redact_url_str};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::borrow::Borrow;
 use std::collections::HashSet;
+use std::fmt;
 use std::time::SystemTime;
 use url::Url;
+
+/// A file URL of a manifest. A pre-signed URL carries its credential in the query string, so
+/// `Debug` and `Display` show only the origin and path (`https://b.s3.example/f.ndjson?[redacted]`);
+/// [`FileUrl::expose`] gives the whole URL, to send it.
+///
+/// ```
+/// use fhir_bulk::FileUrl;
+/// let url = FileUrl::new("https://b.s3.example/f.ndjson?X-Amz-Signature=abc");
+/// assert_eq!(url.to_string(), "https://b.s3.example/f.ndjson?[redacted]");
+/// assert!(!format!("{url:?}").contains("abc"));
+/// assert_eq!(url.expose(), "https://b.s3.example/f.ndjson?X-Amz-Signature=abc");
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FileUrl(String);
+
+impl FileUrl {
+    /// Wraps a URL as the manifest gives it.
+    pub fn new(url: impl Into<String>) -> Self {
+        FileUrl(url.into())
+    }
+
+    /// The whole URL, query string included: for sending it, never for showing it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL without user info, query string or fragment (what `Display` shows).
+    pub fn redacted(&self) -> String {
+        redact_url_str(&self.0)
+    }
+}
+
+impl fmt::Debug for FileUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FileUrl({:?})", self.redacted())
+    }
+}
+
+impl fmt::Display for FileUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl From<String> for FileUrl {
+    fn from(url: String) -> Self {
+        FileUrl(url)
+    }
+}
+
+impl From<&str> for FileUrl {
+    fn from(url: &str) -> Self {
+        FileUrl(url.to_owned())
+    }
+}
+
+impl Borrow<str> for FileUrl {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for FileUrl {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for FileUrl {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for FileUrl {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+impl PartialEq<FileUrl> for String {
+    fn eq(&self, other: &FileUrl) -> bool {
+        *self == other.0
+    }
+}
+
+impl PartialEq<FileUrl> for &str {
+    fn eq(&self, other: &FileUrl) -> bool {
+        *self == other.0
+    }
+}
+
+/// The keys of a JSON object, for a `Debug` that must not print values (they may hold URLs).
+struct Keys<'a>(&'a Map<String, Value>);
+
+impl fmt::Debug for Keys<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
 
 /// One manifest (one page, when the server pages them).
 ///
@@ -15,8 +119,11 @@ use url::Url;
 /// [`Manifest::error`]; `extension` may be an object (STU2/STU3) or an array (STU4) and is kept
 /// as JSON; fields this type does not know are kept in [`Manifest::extra`]. The body exactly as
 /// received is kept too ([`Manifest::raw`]).
+///
+/// Its `Debug` shows no query string of any URL and no JSON values it does not know (they may
+/// hold URLs); the body is shown by its length only.
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "Wire")]
 pub struct Manifest {
     /// `transactionTime`: the server time of the export; use it as the next `_since`.
@@ -63,15 +170,15 @@ pub struct Manifest {
     raw: String,
 }
 
-/// One file entry of a manifest.
+/// One file entry of a manifest. `Debug` shows its URLs without their query strings.
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestFile {
     /// `type`: the resource type of every line (absent when output is organized by a type).
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub resource_type: Option<String>,
     /// `url`: where to download it. Read it with [`ManifestFile::http_url`], which checks it.
-    pub url: String,
+    pub url: FileUrl,
     /// `count`: the number of resources (lines), when the server says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
@@ -81,7 +188,7 @@ pub struct ManifestFile {
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub continues_in_file: Option<String>,
+    pub continues_in_file: Option<FileUrl>,
     /// `fileSize` (STU4): bytes.
     #[serde(rename = "fileSize", default, skip_serializing_if = "Option::is_none")]
     pub file_size: Option<u64>,
@@ -93,9 +200,9 @@ pub struct ManifestFile {
     pub extra: Map<String, Value>,
 }
 
-/// A manifest `link`.
+/// A manifest `link`. `Debug` shows its URL without the query string.
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestLink {
     /// `relation`: `next` is the only one defined.
     pub relation: String,
@@ -159,6 +266,50 @@ impl TryFrom<Wire> for Manifest {
     }
 }
 
+impl fmt::Debug for Manifest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Manifest")
+            .field("transaction_time", &self.transaction_time)
+            .field("request", &self.request.as_deref().map(redact_url_str))
+            .field("requires_access_token", &self.requires_access_token)
+            .field("output", &self.output)
+            .field("deleted", &self.deleted)
+            .field("error", &self.error)
+            .field("extension", &self.extension.as_ref().map(|_| "[not shown]"))
+            .field("output_organized_by", &self.output_organized_by)
+            .field("link", &self.link)
+            .field("manifest_type", &self.manifest_type)
+            .field("output_format", &self.output_format)
+            .field("extra", &Keys(&self.extra))
+            .field("expires", &self.expires)
+            .field("raw_bytes", &self.raw.len())
+            .finish()
+    }
+}
+
+impl fmt::Debug for ManifestFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManifestFile")
+            .field("resource_type", &self.resource_type)
+            .field("url", &self.url)
+            .field("count", &self.count)
+            .field("continues_in_file", &self.continues_in_file)
+            .field("file_size", &self.file_size)
+            .field("extension", &self.extension.as_ref().map(|_| "[not shown]"))
+            .field("extra", &Keys(&self.extra))
+            .finish()
+    }
+}
+
+impl fmt::Debug for ManifestLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManifestLink")
+            .field("relation", &self.relation)
+            .field("url", &redact_url_str(&self.url))
+            .finish()
+    }
+}
+
 impl Manifest {
     /// Parses a manifest body; `source` (the URL it came from) names it in errors.
     pub fn from_slice(body: &[u8], source: &str) -> Result<Manifest> {
@@ -206,31 +357,21 @@ impl ManifestFile {
     /// where the files are and why this client cannot fetch them.
     pub fn http_url(&self) -> Result<Url> {
         let unsupported = |message: String| Error::UnsupportedFileUrl {
-            url: redact_url_str(&self.url),
+            url: self.url.redacted(),
             message,
         };
-        let url = Url::parse(&self.url).map_err(|e| {
+        let url = Url::parse(self.url.expose()).map_err(|e| {
             unsupported(format!(
                 "not an absolute URL ({e}); manifests must list absolute file URLs"
             ))
         })?;
         match url.scheme() {
             "http" | "https" => Ok(url),
-            "gs" => Err(unsupported(
-                "the file is in Google Cloud Storage: the server wrote the export to a bucket, \
-                 which is read with Google credentials (gsutil, the Cloud Storage API), not \
-                 with the FHIR server's token"
-                    .into(),
+            _ => Err(unsupported(
+                crate::ServerProfile::Generic
+                    .file_url_advice(url.as_str())
+                    .unwrap_or_else(|| "not an HTTP(S) URL".to_owned()),
             )),
-            "s3" => Err(unsupported(
-                "the file is in Amazon S3: read it with AWS credentials (the S3 API), not with \
-                 the FHIR server's token"
-                    .into(),
-            )),
-            scheme => Err(unsupported(format!(
-                "the `{scheme}:` scheme is not HTTP(S); the file lives in storage this client \
-                 cannot reach with the FHIR token"
-            ))),
         }
     }
 }
@@ -247,7 +388,8 @@ pub enum FileKind {
     Deleted,
 }
 
-/// A file of a finished export, with the page facts that apply to it.
+/// A file of a finished export, with the page facts that apply to it. `Debug` shows its URL
+/// without the query string.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportFile {
@@ -264,9 +406,9 @@ pub struct ExportFile {
 }
 
 /// A finished export: every manifest page received (partial ones, the complete one and the
-/// pages behind `next` links), in the order received.
+/// pages behind `next` links), in the order received. `Debug` shows no query string.
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct CompletedExport {
     /// The status URL of the job.
     pub status_url: Url,
@@ -288,12 +430,21 @@ impl CompletedExport {
     }
 }
 
+impl fmt::Debug for CompletedExport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompletedExport")
+            .field("status_url", &redact_url(&self.status_url))
+            .field("manifests", &self.manifests)
+            .finish()
+    }
+}
+
 impl CompletedExport {
-    /// The `transactionTime` to use as the next export's `_since`.
-    pub fn transaction_time(&self) -> &str {
-        self.manifests
-            .first()
-            .map_or("", |m| m.transaction_time.as_str())
+    /// The `transactionTime` of the first page, to use as the next export's `_since`; `None`
+    /// when there is no page or the server's value is not a FHIR instant (the text as sent is
+    /// in [`Manifest::transaction_time`]).
+    pub fn transaction_time(&self) -> Option<Timestamp> {
+        Timestamp::parse(&self.manifests.first()?.transaction_time)
     }
 
     /// The earliest `Expires` of any page.
@@ -312,7 +463,7 @@ impl CompletedExport {
                 FileKind::Deleted => &m.deleted,
             };
             for f in list {
-                if seen.insert(f.url.as_str()) {
+                if seen.insert(f.url.expose()) {
                     files.push(ExportFile {
                         kind,
                         file: f.clone(),
@@ -339,7 +490,7 @@ impl CompletedExport {
 #[derive(Debug, Default)]
 pub(crate) struct PageCollector {
     pages: Vec<Manifest>,
-    files: HashSet<String>,
+    files: HashSet<FileUrl>,
     links: HashSet<String>,
 }
 
@@ -435,7 +586,7 @@ mod tests {
     fn file_urls_are_checked() {
         let file = |url: &str| ManifestFile {
             resource_type: Some("Patient".into()),
-            url: url.into(),
+            url: FileUrl::new(url),
             count: None,
             continues_in_file: None,
             file_size: None,
@@ -488,7 +639,7 @@ mod tests {
         assert_eq!(c.add(page(&["b"], None), true), None);
         let done = c.finish(Url::parse("https://x/jobs/1").unwrap());
         assert_eq!(done.manifests.len(), 2);
-        let urls: Vec<String> = done
+        let urls: Vec<FileUrl> = done
             .files(FileKind::Output)
             .into_iter()
             .map(|f| f.file.url)
@@ -511,6 +662,56 @@ mod tests {
             .collect();
         assert_eq!(flags, [true, false]);
         assert_eq!(done.all_files().len(), 5);
-        assert_eq!(done.transaction_time(), "2021-01-01T00:00:00Z");
+        assert_eq!(
+            done.transaction_time(),
+            Timestamp::parse("2021-01-01T00:00:00Z")
+        );
+        let odd = Manifest::from_slice(br#"{"transactionTime": "yesterday"}"#, "x").unwrap();
+        let odd = CompletedExport::from_manifests(Url::parse("https://x/j").unwrap(), vec![odd]);
+        assert_eq!(odd.transaction_time(), None);
+    }
+
+    #[test]
+    fn debug_hides_query_strings() {
+        let body = r#"{
+            "transactionTime": "2024-01-01T00:00:00Z",
+            "request": "https://ehr.example/fhir/$export?_type=Patient&token=SECRET1",
+            "requiresAccessToken": false,
+            "output": [{"type": "Patient",
+                        "url": "https://b.s3.example/f.ndjson?X-Amz-Signature=SECRET2",
+                        "continuesInFile": "https://b.s3.example/g.ndjson?sig=SECRET3",
+                        "extension": {"u": "https://x.example/?sig=SECRET4"},
+                        "vendor": "https://x.example/?sig=SECRET5"}],
+            "error": [{"type": "OperationOutcome",
+                       "url": "https://b.s3.example/e.ndjson?sig=SECRET6"}],
+            "extension": [{"url": "https://x.example/?sig=SECRET7"}],
+            "link": [{"relation": "next", "url": "https://ehr.example/m?page=2&sig=SECRET8"}],
+            "vendorField": "https://x.example/?sig=SECRET9"
+        }"#;
+        let m =
+            Manifest::from_slice(body.as_bytes(), "https://ehr.example/jobs/1?x=SECRET0").unwrap();
+        let export = CompletedExport::from_manifests(
+            Url::parse("https://ehr.example/jobs/1?sig=SECRETA").unwrap(),
+            vec![m.clone()],
+        );
+        let file = export.files(FileKind::Output).remove(0);
+        for text in [
+            format!("{m:?}"),
+            format!("{m:#?}"),
+            format!("{:?}", m.output[0]),
+            format!("{:?}", m.link[0]),
+            format!("{file:?}"),
+            format!("{export:?}"),
+            format!("{}", file.file.url),
+        ] {
+            assert!(!text.contains("SECRET"), "{text}");
+        }
+        let text = format!("{export:?}");
+        assert!(text.contains("https://b.s3.example/f.ndjson"), "{text}");
+        assert!(text.contains("vendorField"), "{text}");
+        assert_eq!(
+            file.file.url.expose(),
+            "https://b.s3.example/f.ndjson?X-Amz-Signature=SECRET2"
+        );
     }
 }

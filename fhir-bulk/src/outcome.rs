@@ -332,6 +332,75 @@ impl OperationOutcome {
     pub fn summary(&self) -> String {
         self.to_string()
     }
+
+    /// How many issues of each severity the outcome holds.
+    ///
+    /// ```
+    /// use fhir_bulk::outcome::{Issue, OperationOutcome, Severity};
+    /// let oo = OperationOutcome::new(vec![
+    ///     Issue::new(Severity::Error, "processing"),
+    ///     Issue::new(Severity::Warning, "informational"),
+    ///     Issue::new(Severity::Other("odd".into()), "processing"),
+    /// ]);
+    /// let counts = oo.counts();
+    /// assert_eq!((counts.error, counts.warning, counts.other), (1, 1, 1));
+    /// assert_eq!(counts.errors(), 1);
+    /// ```
+    pub fn counts(&self) -> SeverityCounts {
+        let mut counts = SeverityCounts::default();
+        counts.add(self);
+        counts
+    }
+}
+
+/// Issue counts by severity, of one [`OperationOutcome`] or, added up, of many.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SeverityCounts {
+    /// `fatal` issues.
+    pub fatal: u64,
+    /// `error` issues.
+    pub error: u64,
+    /// `warning` issues.
+    pub warning: u64,
+    /// `information` issues.
+    pub information: u64,
+    /// Issues of any other (or no) severity.
+    pub other: u64,
+}
+
+impl SeverityCounts {
+    /// Adds the issues of `outcome`.
+    pub fn add(&mut self, outcome: &OperationOutcome) {
+        for issue in &outcome.issue {
+            let slot = match issue.severity {
+                Severity::Fatal => &mut self.fatal,
+                Severity::Error => &mut self.error,
+                Severity::Warning => &mut self.warning,
+                Severity::Information => &mut self.information,
+                Severity::Other(_) => &mut self.other,
+            };
+            *slot = slot.saturating_add(1);
+        }
+    }
+
+    /// `error` and `fatal` issues together.
+    pub fn errors(&self) -> u64 {
+        self.fatal.saturating_add(self.error)
+    }
+
+    /// Every issue.
+    pub fn total(&self) -> u64 {
+        [
+            self.fatal,
+            self.error,
+            self.warning,
+            self.information,
+            self.other,
+        ]
+        .iter()
+        .fold(0u64, |a, b| a.saturating_add(*b))
+    }
 }
 
 impl fmt::Display for OperationOutcome {

@@ -20,12 +20,15 @@ pub enum RetryAfterUnit {
     Milliseconds,
 }
 
-/// How status polling waits: an exponential schedule with jitter, lengthened by the server's
-/// `Retry-After` and clamped to a maximum.
+/// How status polling waits: the server's `Retry-After` when it sends one, else an
+/// exponential schedule with jitter.
 ///
-/// The wait before poll number `n` (0-based) is
-/// `min(max(retry_after, initial_delay * factor^n * jitter), max_interval)`, where `jitter`
-/// is a random factor in `[1 - jitter, 1 + jitter]`.
+/// When the server sends `Retry-After`, the wait is exactly that, clamped to
+/// `[min_interval, max_interval]`. When it does not, the wait before poll number `n`
+/// (0-based, counting the answers without `Retry-After` since the last progress) is
+/// `min(initial_delay * factor^n * jitter, max_interval)`, where `jitter` is a random factor in
+/// `[1 - jitter, 1 + jitter]`. [`PollSchedule`] keeps `n` and starts it again when
+/// `X-Progress` advances.
 ///
 /// ```
 /// use fhir_bulk::PollPolicy;
@@ -33,6 +36,8 @@ pub enum RetryAfterUnit {
 /// let policy = PollPolicy::default().with_max_interval(Duration::from_secs(60));
 /// // Oracle Health asks for 600 s; the policy caps it at 60 s.
 /// assert_eq!(policy.delay(3, Some(Duration::from_secs(600)), 0.5), Duration::from_secs(60));
+/// // The SMART reference server asks for 1 s, however long the job has run.
+/// assert_eq!(policy.delay(9, Some(Duration::from_secs(1)), 0.5), Duration::from_secs(1));
 /// ```
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +49,9 @@ pub struct PollPolicy {
     /// The longest wait between two polls, whatever the server asks. Default 5 min (servers
     /// send 600 s, 7200 s, even hours).
     pub max_interval: Duration,
+    /// The shortest wait between two polls, whatever the server asks (a `Retry-After: 0` or a
+    /// date in the past). Default 1 s.
+    pub min_interval: Duration,
     /// Random spread of the schedule, as a fraction (0.2 = ±20%). Default 0.2.
     pub jitter: f64,
     /// Give up polling after this long. Default `None`: exports can take days.
@@ -58,6 +66,7 @@ impl Default for PollPolicy {
             initial_delay: Duration::from_secs(2),
             factor: 1.5,
             max_interval: Duration::from_secs(300),
+            min_interval: Duration::from_secs(1),
             jitter: 0.2,
             deadline: None,
             retry_after_unit: RetryAfterUnit::Seconds,
@@ -87,6 +96,13 @@ impl PollPolicy {
         self
     }
 
+    /// Sets [`PollPolicy::min_interval`].
+    #[must_use]
+    pub fn with_min_interval(mut self, d: Duration) -> Self {
+        self.min_interval = d;
+        self
+    }
+
     /// Sets [`PollPolicy::jitter`].
     #[must_use]
     pub fn with_jitter(mut self, jitter: f64) -> Self {
@@ -108,18 +124,85 @@ impl PollPolicy {
         self
     }
 
-    /// The wait before poll number `attempt + 1`, given the server's `Retry-After` and a
-    /// random number in `[0, 1)` for the jitter.
+    /// The wait before the next poll: the server's `Retry-After` clamped to
+    /// `[min_interval, max_interval]` when it sent one, else step `attempt` of the schedule
+    /// (with `random`, a number in `[0, 1)`, for the jitter).
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, random: f64) -> Duration {
+        let max = self.max_interval;
+        let min = self.min_interval.min(max);
+        if let Some(server) = retry_after {
+            return server.clamp(min, max);
+        }
         let growth = self.factor.max(1.0).powi(attempt.min(64) as i32);
         let spread = self.jitter.clamp(0.0, 1.0);
         let jitter = 1.0 - spread + 2.0 * spread * random.clamp(0.0, 1.0);
-        let max = self.max_interval.as_secs_f64();
-        let scheduled = (self.initial_delay.as_secs_f64() * growth * jitter).clamp(0.0, max);
-        let scheduled = Duration::from_secs_f64(scheduled);
-        retry_after
-            .map_or(scheduled, |server| server.max(scheduled))
-            .min(self.max_interval)
+        let scheduled =
+            (self.initial_delay.as_secs_f64() * growth * jitter).clamp(0.0, max.as_secs_f64());
+        Duration::from_secs_f64(scheduled)
+    }
+}
+
+/// Where a poll loop is in its schedule: how many answers without `Retry-After` it has seen
+/// since `X-Progress` last advanced. Pure: the loop feeds it each in-progress answer and
+/// sleeps for what it returns.
+///
+/// ```
+/// use fhir_bulk::{PollPolicy, PollSchedule};
+/// use std::time::Duration;
+/// let policy = PollPolicy::default().with_jitter(0.0).with_factor(2.0);
+/// let mut schedule = PollSchedule::default();
+/// let s = Duration::from_secs;
+/// assert_eq!(schedule.next_wait(&policy, Some("10%"), None, 0.5), s(2));
+/// assert_eq!(schedule.next_wait(&policy, Some("10%"), None, 0.5), s(4));
+/// // Progress: the schedule starts again.
+/// assert_eq!(schedule.next_wait(&policy, Some("20%"), None, 0.5), s(2));
+/// // The server's Retry-After is followed as it is.
+/// assert_eq!(schedule.next_wait(&policy, Some("20%"), Some(s(1)), 0.5), s(1));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PollSchedule {
+    attempt: u32,
+    last_progress: Option<String>,
+}
+
+impl PollSchedule {
+    /// The wait after an in-progress answer with this `X-Progress` text and `Retry-After`.
+    pub fn next_wait(
+        &mut self,
+        policy: &PollPolicy,
+        progress: Option<&str>,
+        retry_after: Option<Duration>,
+        random: f64,
+    ) -> Duration {
+        if let Some(text) = progress {
+            let advanced = self
+                .last_progress
+                .as_deref()
+                .is_some_and(|last| progress_advanced(last, text));
+            if advanced {
+                self.attempt = 0;
+            }
+            if self.last_progress.as_deref() != Some(text) {
+                self.last_progress = Some(text.to_owned());
+            }
+        }
+        let wait = policy.delay(self.attempt, retry_after, random);
+        if retry_after.is_none() {
+            self.attempt = self.attempt.saturating_add(1);
+        }
+        wait
+    }
+}
+
+/// Whether `X-Progress` moved from `last` to `now`: a higher percentage when both hold one,
+/// else any change of text.
+fn progress_advanced(last: &str, now: &str) -> bool {
+    match (
+        crate::status::parse_progress_percent(last),
+        crate::status::parse_progress_percent(now),
+    ) {
+        (Some(a), Some(b)) => b > a,
+        _ => last != now,
     }
 }
 
@@ -205,9 +288,60 @@ mod tests {
         assert_eq!(p.delay(0, Some(s(7200)), 0.5), s(300));
         assert_eq!(
             p.delay(0, Some(Duration::ZERO), 0.5),
-            s(2),
-            "policy wins when longer"
+            s(1),
+            "clamped to the minimum"
         );
+        assert_eq!(
+            p.delay(5, Some(s(1)), 0.5),
+            s(1),
+            "Retry-After is followed, not the longer schedule"
+        );
+        let p = p.with_min_interval(s(10));
+        assert_eq!(p.delay(0, Some(s(1)), 0.5), s(10));
+        // A minimum above the maximum yields to the maximum.
+        let p = p.with_min_interval(s(900));
+        assert_eq!(p.delay(0, Some(s(1)), 0.5), s(300));
+    }
+
+    #[test]
+    fn schedule_restarts_when_progress_advances() {
+        let p = no_jitter().with_initial_delay(s(2)).with_factor(2.0);
+        let mut sched = PollSchedule::default();
+        let waits: Vec<u64> = [
+            (Some("scheduled"), None),
+            (Some("scheduled"), None),
+            (Some("scheduled"), None),
+            (Some("started"), None),
+            (Some("started"), None),
+            (None, None),
+        ]
+        .iter()
+        .map(|(text, ra)| sched.next_wait(&p, *text, *ra, 0.5).as_secs())
+        .collect();
+        assert_eq!(waits, [2, 4, 8, 2, 4, 8]);
+        let mut sched = PollSchedule::default();
+        let waits: Vec<u64> = [
+            Some("10% complete"),
+            Some("10% complete"),
+            Some("25% complete"),
+            Some("25.0% complete"),
+            Some("20% complete"),
+        ]
+        .iter()
+        .map(|text| sched.next_wait(&p, *text, None, 0.5).as_secs())
+        .collect();
+        assert_eq!(waits, [2, 4, 2, 4, 8], "only a higher percentage restarts");
+    }
+
+    #[test]
+    fn retry_after_does_not_advance_the_schedule() {
+        let p = no_jitter().with_initial_delay(s(2)).with_factor(2.0);
+        let mut sched = PollSchedule::default();
+        assert_eq!(sched.next_wait(&p, None, Some(s(1)), 0.5), s(1));
+        assert_eq!(sched.next_wait(&p, None, Some(s(1)), 0.5), s(1));
+        assert_eq!(sched.next_wait(&p, None, None, 0.5), s(2));
+        assert_eq!(sched.next_wait(&p, None, Some(s(30)), 0.5), s(30));
+        assert_eq!(sched.next_wait(&p, None, None, 0.5), s(4));
     }
 
     #[test]

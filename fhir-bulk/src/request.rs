@@ -31,9 +31,10 @@ pub enum KickoffMethod {
     Post,
 }
 
-/// How a parameter with several values is sent.
-#[non_exhaustive]
+/// How a parameter with several values is sent. A [`ServerProfile`](crate::ServerProfile)
+/// chooses it per server; [`ExportRequest::list_encoding`] overrides the profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum ListEncoding {
     /// One parameter, values joined with commas: `_type=Patient,Observation`. Accepted by
     /// STU2/STU3 servers and required by Oracle Health, which rejects repeated `_type`.
@@ -41,31 +42,23 @@ pub enum ListEncoding {
     CommaJoined,
     /// One parameter per value: `_type=Patient&_type=Observation`. Required by STU4.
     Repeated,
+    /// One parameter, values joined with commas, and every comma inside a value escaped as
+    /// `\,` (FHIR search escaping): `_typeFilter=Observation?code=a\,b,Patient?active=true`.
+    /// What Epic expects for `_typeFilter`.
+    CommaJoinedEscaped,
 }
 
-/// How `includeAssociatedData` values are typed in a `Parameters` body.
-#[non_exhaustive]
+/// How `includeAssociatedData` values are typed in a `Parameters` body. A
+/// [`ServerProfile`](crate::ServerProfile) chooses it per server;
+/// [`ExportRequest::associated_data_encoding`] overrides the profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum AssociatedDataEncoding {
     /// `valueCode` (STU2/STU3, Oracle Health).
     #[default]
     Code,
     /// `valueCoding` with the IG's code system (STU4).
     Coding,
-}
-
-/// Server-specific validation rules applied before a kick-off is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum ValidationProfile {
-    /// The Bulk Data IG's rules only.
-    #[default]
-    Standard,
-    /// The IG's rules plus Oracle Health Millennium's documented limits: no system-level
-    /// export, `patient` required for `Patient/$export` and refused for Group exports,
-    /// its `_type` list, reference types only beside a clinical type, `_typeFilter` rules,
-    /// no repeated `_type`, and no parameters it does not support (unless lenient).
-    OracleHealth,
 }
 
 /// A value of an extra (pass-through) kick-off parameter.
@@ -180,12 +173,17 @@ pub struct ExportRequest {
     pub(crate) organize_output_by: Option<String>,
     pub(crate) allow_partial_manifests: Option<bool>,
     pub(crate) extra: Vec<(String, ParamValue)>,
-    pub(crate) list_encoding: ListEncoding,
-    pub(crate) type_filter_encoding: ListEncoding,
-    pub(crate) associated_data_encoding: AssociatedDataEncoding,
+    /// `None`: the server profile's (comma-joined without one).
+    pub(crate) list_encoding: Option<ListEncoding>,
+    /// `None`: the server profile's (repeated without one).
+    pub(crate) type_filter_encoding: Option<ListEncoding>,
+    /// `None`: the server profile's (`valueCode` without one).
+    pub(crate) associated_data_encoding: Option<AssociatedDataEncoding>,
+    /// Send `_until` under Microsoft's name, `_till` (set by the Microsoft profile).
+    #[serde(default)]
+    pub(crate) until_as_till: bool,
     pub(crate) lenient: bool,
     pub(crate) separate_export_status: bool,
-    pub(crate) validation: ValidationProfile,
 }
 
 impl ExportRequest {
@@ -205,12 +203,12 @@ impl ExportRequest {
             organize_output_by: None,
             allow_partial_manifests: None,
             extra: Vec::new(),
-            list_encoding: ListEncoding::CommaJoined,
-            type_filter_encoding: ListEncoding::Repeated,
-            associated_data_encoding: AssociatedDataEncoding::Code,
+            list_encoding: None,
+            type_filter_encoding: None,
+            associated_data_encoding: None,
+            until_as_till: false,
             lenient: false,
             separate_export_status: false,
-            validation: ValidationProfile::Standard,
         }
     }
 
@@ -338,27 +336,30 @@ impl ExportRequest {
         self
     }
 
-    /// How `_type`, `_elements` and `includeAssociatedData` lists are sent (default
-    /// comma-joined).
+    /// How `_type`, `_elements` and `includeAssociatedData` lists are sent, overriding the
+    /// client's [`ServerProfile`](crate::ServerProfile) (without a profile: comma-joined).
     pub fn list_encoding(mut self, encoding: ListEncoding) -> Self {
-        self.list_encoding = encoding;
+        self.list_encoding = Some(encoding);
         self
     }
 
-    /// How several `_typeFilter` queries are sent (default repeated, one query per parameter,
-    /// as STU3 and STU4 define; comma-joined for STU2 servers and Oracle Health).
+    /// How several `_typeFilter` queries are sent, overriding the server profile (without a
+    /// profile: repeated, one query per parameter, as STU3 and STU4 define; comma-joined for
+    /// STU2 servers and Oracle Health, comma-joined with escaped inner commas for Epic).
     pub fn type_filter_encoding(mut self, encoding: ListEncoding) -> Self {
-        self.type_filter_encoding = encoding;
+        self.type_filter_encoding = Some(encoding);
         self
     }
 
-    /// How `includeAssociatedData` is typed in a POST body (default `valueCode`).
+    /// How `includeAssociatedData` is typed in a POST body, overriding the server profile
+    /// (without a profile: `valueCode`).
     pub fn associated_data_encoding(mut self, encoding: AssociatedDataEncoding) -> Self {
-        self.associated_data_encoding = encoding;
+        self.associated_data_encoding = Some(encoding);
         self
     }
 
-    /// STU4 style: POST, every list repeated, `includeAssociatedData` as `valueCoding`.
+    /// STU4 style: POST, every list repeated, `includeAssociatedData` as `valueCoding` (what
+    /// [`ServerProfile::Stu4`](crate::ServerProfile::Stu4) applies to every request).
     pub fn stu4(self) -> Self {
         self.post()
             .list_encoding(ListEncoding::Repeated)
@@ -381,45 +382,15 @@ impl ExportRequest {
         self
     }
 
-    /// Applies a server's documented rules before sending (default: the IG's only).
-    pub fn validation(mut self, profile: ValidationProfile) -> Self {
-        self.validation = profile;
-        self
-    }
-
     /// The level.
     pub fn level(&self) -> &ExportLevel {
         &self.level
     }
 
     /// GET or POST.
-    pub fn kickoff_method(&self) -> KickoffMethod {
+    #[cfg(test)]
+    pub(crate) fn kickoff_method(&self) -> KickoffMethod {
         self.method
-    }
-
-    /// The `_type` list.
-    pub fn resource_types(&self) -> &[String] {
-        &self.types
-    }
-
-    /// The `_since` value.
-    pub fn since_value(&self) -> Option<&str> {
-        self.since.as_deref()
-    }
-
-    /// The `patient` references.
-    pub fn patient_references(&self) -> &[String] {
-        &self.patients
-    }
-
-    /// Whether `Prefer: handling=lenient` is sent.
-    pub fn is_lenient(&self) -> bool {
-        self.lenient
-    }
-
-    /// Whether `separate-export-status` is requested.
-    pub fn wants_separate_export_status(&self) -> bool {
-        self.separate_export_status
     }
 
     /// The path of the operation relative to the FHIR base, e.g. `Group/g1/$export`.
@@ -449,11 +420,29 @@ impl ExportRequest {
         }
         match encoding {
             ListEncoding::CommaJoined => vec![(name.to_owned(), values.join(","))],
+            ListEncoding::CommaJoinedEscaped => {
+                let escaped: Vec<String> = values.iter().map(|v| escape_commas(v)).collect();
+                vec![(name.to_owned(), escaped.join(","))]
+            }
             ListEncoding::Repeated => values
                 .iter()
                 .map(|v| (name.to_owned(), v.clone()))
                 .collect(),
         }
+    }
+
+    /// Every parameter as `(name, value)` pairs in the order they are sent, `patient`
+    /// included (as its reference), for logs and reports. For the request a client really
+    /// sends (its [`ServerProfile`](crate::ServerProfile) applied), call it on
+    /// [`BulkClient::prepare_request`](crate::BulkClient::prepare_request)'s result.
+    pub fn parameter_pairs(&self) -> Vec<(String, String)> {
+        let mut pairs: Vec<(String, String)> = self
+            .patients
+            .iter()
+            .map(|p| ("patient".to_owned(), p.clone()))
+            .collect();
+        pairs.extend(self.query_pairs());
+        pairs
     }
 
     /// The parameters as `(name, value)` pairs, in the order they are sent; `patient` goes
@@ -469,17 +458,24 @@ impl ExportRequest {
     /// The typed parameters (all but `patient` and the extra ones) as query pairs.
     fn standard_pairs(&self) -> Vec<(String, String)> {
         let mut pairs = Vec::new();
-        pairs.extend(self.list("_type", &self.types, self.list_encoding));
-        pairs.extend(self.list("_elements", &self.elements, self.list_encoding));
-        pairs.extend(self.list("_typeFilter", &self.type_filters, self.type_filter_encoding));
+        let lists = self.list_encoding.unwrap_or(ListEncoding::CommaJoined);
+        let filters = self.type_filter_encoding.unwrap_or(ListEncoding::Repeated);
+        pairs.extend(self.list("_type", &self.types, lists));
+        pairs.extend(self.list("_elements", &self.elements, lists));
+        pairs.extend(self.list("_typeFilter", &self.type_filters, filters));
         pairs.extend(self.list(
             "includeAssociatedData",
             &self.include_associated_data,
-            self.list_encoding,
+            lists,
         ));
+        let until = if self.until_as_till {
+            "_till"
+        } else {
+            "_until"
+        };
         let scalars = [
             ("_since", &self.since),
-            ("_until", &self.until),
+            (until, &self.until),
             ("_outputFormat", &self.output_format),
             ("organizeOutputBy", &self.organize_output_by),
         ];
@@ -506,16 +502,18 @@ impl ExportRequest {
             .collect();
         for (name, value) in self.standard_pairs() {
             let entry = match name.as_str() {
-                "_since" | "_until" => ParamValue::Instant(value).to_parameter(&name),
+                "_since" | "_until" | "_till" => ParamValue::Instant(value).to_parameter(&name),
                 "allowPartialManifests" => ParamValue::Boolean(value == "true").to_parameter(&name),
-                "includeAssociatedData" => match self.associated_data_encoding {
-                    AssociatedDataEncoding::Code => ParamValue::Code(value).to_parameter(&name),
-                    AssociatedDataEncoding::Coding => ParamValue::Coding {
-                        system: INCLUDE_ASSOCIATED_DATA_SYSTEM.to_owned(),
-                        code: value,
+                "includeAssociatedData" => {
+                    match self.associated_data_encoding.unwrap_or_default() {
+                        AssociatedDataEncoding::Code => ParamValue::Code(value).to_parameter(&name),
+                        AssociatedDataEncoding::Coding => ParamValue::Coding {
+                            system: INCLUDE_ASSOCIATED_DATA_SYSTEM.to_owned(),
+                            code: value,
+                        }
+                        .to_parameter(&name),
                     }
-                    .to_parameter(&name),
-                },
+                }
                 _ => ParamValue::String(value).to_parameter(&name),
             };
             params.push(entry);
@@ -525,6 +523,20 @@ impl ExportRequest {
         }
         json!({"resourceType": "Parameters", "parameter": params})
     }
+}
+
+/// Escapes every comma of `value` not already escaped as `\,`.
+fn escape_commas(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 4);
+    let mut escaped = false;
+    for c in value.chars() {
+        if c == ',' && !escaped {
+            out.push('\\');
+        }
+        escaped = c == '\\' && !escaped;
+        out.push(c);
+    }
+    out
 }
 
 /// Percent-encodes a path segment (a Group id should need none, but must not break the path).

@@ -1,8 +1,8 @@
-//! Checks a kick-off request before anything is sent: the Bulk Data IG's rules, and
-//! optionally a server's documented limits ([`ValidationProfile`]).
+//! Checks a kick-off request before anything is sent: the Bulk Data IG's rules. A server's
+//! documented limits live in its profile (`crate::profile`).
 
 use crate::error::{Error, Result};
-use crate::request::{ExportLevel, ExportRequest, KickoffMethod, ListEncoding, ValidationProfile};
+use crate::request::{ExportLevel, ExportRequest, KickoffMethod};
 use crate::resource::Timestamp;
 
 /// The most `patient` references one kick-off may carry (Oracle Health's documented limit,
@@ -25,50 +25,7 @@ const TYPED_NAMES: [&str; 11] = [
     "_format",
 ];
 
-/// Oracle Health's exportable types (seeds 001 and 004).
-const ORACLE_TYPES: [&str; 23] = [
-    "AllergyIntolerance",
-    "CarePlan",
-    "CareTeam",
-    "Condition",
-    "Coverage",
-    "Device",
-    "DiagnosticReport",
-    "DocumentReference",
-    "Encounter",
-    "Goal",
-    "Immunization",
-    "Location",
-    "MedicationDispense",
-    "MedicationRequest",
-    "Observation",
-    "Organization",
-    "Patient",
-    "Practitioner",
-    "Procedure",
-    "Provenance",
-    "RelatedPerson",
-    "ServiceRequest",
-    "Binary",
-];
-/// Types Oracle Health exports only beside a clinical type.
-const ORACLE_REFERENCE_TYPES: [&str; 5] = [
-    "Location",
-    "Organization",
-    "Practitioner",
-    "Provenance",
-    "RelatedPerson",
-];
-/// Types Oracle Health refuses `_typeFilter` for.
-const ORACLE_NO_TYPE_FILTER: [&str; 5] = [
-    "Location",
-    "Organization",
-    "Patient",
-    "Practitioner",
-    "Provenance",
-];
-
-fn invalid(parameter: &str, message: impl Into<String>) -> Error {
+pub(crate) fn invalid(parameter: &str, message: impl Into<String>) -> Error {
     Error::InvalidRequest {
         parameter: parameter.to_owned(),
         message: message.into(),
@@ -118,14 +75,13 @@ fn check_instant(parameter: &str, value: &str) -> Result<Timestamp> {
 }
 
 impl ExportRequest {
-    /// Checks every parameter, returning the first problem as
-    /// [`Error::InvalidRequest`] naming the parameter and how to fix it.
+    /// Checks every parameter against the Bulk Data IG's rules, returning the first problem
+    /// as [`Error::InvalidRequest`] naming the parameter and how to fix it. A server's own
+    /// documented limits are checked by its [`ServerProfile`](crate::ServerProfile) (see
+    /// [`ServerProfile::prepare`](crate::ServerProfile::prepare)), which the client applies
+    /// before every kick-off.
     pub fn validate(&self) -> Result<()> {
-        self.validate_standard()?;
-        match self.validation {
-            ValidationProfile::Standard => Ok(()),
-            ValidationProfile::OracleHealth => self.validate_oracle(),
-        }
+        self.validate_standard()
     }
 
     fn validate_standard(&self) -> Result<()> {
@@ -303,141 +259,11 @@ impl ExportRequest {
         }
         Ok(())
     }
-
-    fn validate_oracle(&self) -> Result<()> {
-        const WHY: &str = "Oracle Health does not support it";
-        match &self.level {
-            ExportLevel::System => {
-                return Err(invalid(
-                    "level",
-                    "Oracle Health has no system-level export; use a Group export or \
-                     Patient/$export with `patient`",
-                ));
-            }
-            ExportLevel::AllPatients => {
-                if self.patients.is_empty() {
-                    return Err(invalid(
-                        "patient",
-                        "Oracle Health's Patient/$export needs at least one `patient` (POST); \
-                         it cannot export all patients",
-                    ));
-                }
-                if !self.elements.is_empty() {
-                    return Err(invalid("_elements", format!("{WHY} on Patient/$export")));
-                }
-            }
-            ExportLevel::Group(_) => {
-                if self.method == KickoffMethod::Post {
-                    return Err(invalid(
-                        "method",
-                        "Oracle Health's Group export is GET only; drop `.post()`",
-                    ));
-                }
-                let unsupported = [
-                    ("_typeFilter", !self.type_filters.is_empty()),
-                    ("_elements", !self.elements.is_empty()),
-                    (
-                        "includeAssociatedData",
-                        !self.include_associated_data.is_empty(),
-                    ),
-                    ("patient", !self.patients.is_empty()),
-                ];
-                if let Some((name, _)) = unsupported.iter().find(|(_, used)| *used) {
-                    return Err(invalid(name, format!("{WHY} on Group exports")));
-                }
-            }
-        }
-        if !self.lenient {
-            let unsupported = [
-                ("_until", self.until.is_some()),
-                ("organizeOutputBy", self.organize_output_by.is_some()),
-                (
-                    "allowPartialManifests",
-                    self.allow_partial_manifests.is_some(),
-                ),
-            ];
-            if let Some((name, _)) = unsupported.iter().find(|(_, used)| *used) {
-                return Err(invalid(
-                    name,
-                    format!("{WHY}; drop it or send the request as lenient"),
-                ));
-            }
-        }
-        for t in &self.types {
-            if !ORACLE_TYPES.contains(&t.as_str()) {
-                return Err(invalid(
-                    "_type",
-                    format!("Oracle Health does not export `{t}`"),
-                ));
-            }
-        }
-        if self.types.len() > 1 && self.list_encoding == ListEncoding::Repeated {
-            return Err(invalid(
-                "_type",
-                "Oracle Health rejects repeated `_type`; use ListEncoding::CommaJoined",
-            ));
-        }
-        let has_clinical = self
-            .types
-            .iter()
-            .any(|t| !ORACLE_REFERENCE_TYPES.contains(&t.as_str()));
-        if let Some(t) = self
-            .types
-            .iter()
-            .find(|t| ORACLE_REFERENCE_TYPES.contains(&t.as_str()))
-            && !has_clinical
-        {
-            return Err(invalid(
-                "_type",
-                format!(
-                    "Oracle Health exports `{t}` only together with a clinical type such as \
-                         Patient, Condition or Observation"
-                ),
-            ));
-        }
-        if !self.include_associated_data.is_empty()
-            && !self.types.is_empty()
-            && !self.types.iter().any(|t| t == "Provenance")
-        {
-            return Err(invalid(
-                "includeAssociatedData",
-                "with `_type`, Oracle Health needs `Provenance` in `_type` for includeAssociatedData",
-            ));
-        }
-        if !self.type_filters.is_empty() && self.types.is_empty() {
-            return Err(invalid(
-                "_typeFilter",
-                "Oracle Health needs `_type` whenever `_typeFilter` is given",
-            ));
-        }
-        let mut filtered: Vec<&str> = Vec::new();
-        for filter in &self.type_filters {
-            let t = filter.split_once('?').map_or(filter.as_str(), |(t, _)| t);
-            if ORACLE_NO_TYPE_FILTER.contains(&t) {
-                return Err(invalid(
-                    "_typeFilter",
-                    format!("Oracle Health does not support `_typeFilter` on `{t}`"),
-                ));
-            }
-            if filtered.contains(&t) {
-                return Err(invalid(
-                    "_typeFilter",
-                    format!(
-                        "Oracle Health accepts one `_typeFilter` per type; combine the `{t}` \
-                         queries into one (a comma inside a value means OR)"
-                    ),
-                ));
-            }
-            filtered.push(t);
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::ListEncoding;
 
     fn parameter_of(r: &ExportRequest) -> String {
         match r.validate() {
@@ -574,106 +400,5 @@ mod tests {
             "a&b"
         );
         assert_eq!(parameter_of(&ExportRequest::group(" ")), "group");
-    }
-
-    #[test]
-    fn oracle_profile() {
-        let oracle = |r: ExportRequest| r.validation(ValidationProfile::OracleHealth);
-        // Seed 001's example passes.
-        oracle(
-            ExportRequest::all_patients()
-                .post()
-                .patients(["12783127", "12783128", "12783129"])
-                .types(["Condition", "Provenance"])
-                .type_filter("Condition?category=problem-list-item")
-                .include_associated_data("RelevantProvenanceResources")
-                .since("2021-03-18T19:19:42.000Z")
-                .output_format("application/fhir+ndjson"),
-        )
-        .validate()
-        .unwrap();
-        oracle(ExportRequest::group("g").types(["Patient"]))
-            .validate()
-            .unwrap();
-        // The same passes the standard rules with no profile, but not Oracle's.
-        let cases: Vec<(ExportRequest, &str)> = vec![
-            (ExportRequest::system(), "level"),
-            (ExportRequest::all_patients(), "patient"),
-            (
-                ExportRequest::group("g").type_filter("Condition?x=1"),
-                "_typeFilter",
-            ),
-            (ExportRequest::group("g").elements(["id"]), "_elements"),
-            (
-                ExportRequest::group("g").include_associated_data("LatestProvenanceResources"),
-                "includeAssociatedData",
-            ),
-            (ExportRequest::group("g").post(), "method"),
-            (ExportRequest::group("g").types(["Medication"]), "_type"),
-            (
-                ExportRequest::group("g").types(["Practitioner", "Location"]),
-                "_type",
-            ),
-            (
-                ExportRequest::group("g")
-                    .types(["Patient", "Condition"])
-                    .list_encoding(ListEncoding::Repeated),
-                "_type",
-            ),
-            (
-                ExportRequest::group("g").until("2024-01-01T00:00:00Z"),
-                "_until",
-            ),
-            (
-                ExportRequest::all_patients()
-                    .post()
-                    .patient("1")
-                    .types(["Condition"])
-                    .include_associated_data("LatestProvenanceResources"),
-                "includeAssociatedData",
-            ),
-            (
-                ExportRequest::all_patients()
-                    .post()
-                    .patient("1")
-                    .type_filter("Condition?a=b"),
-                "_typeFilter",
-            ),
-            (
-                ExportRequest::all_patients()
-                    .post()
-                    .patient("1")
-                    .types(["Patient", "Condition"])
-                    .type_filter("Patient?gender=male"),
-                "_typeFilter",
-            ),
-            (
-                ExportRequest::all_patients()
-                    .post()
-                    .patient("1")
-                    .types(["Condition"])
-                    .type_filter("Condition?a=b")
-                    .type_filter("Condition?c=d"),
-                "_typeFilter",
-            ),
-        ];
-        for (request, parameter) in cases {
-            request
-                .validate()
-                .unwrap_or_else(|e| panic!("standard rules refused {request:?}: {e}"));
-            assert_eq!(
-                parameter_of(&oracle(request.clone())),
-                parameter,
-                "{request:?}"
-            );
-        }
-        // Lenient lets unsupported parameters through.
-        oracle(
-            ExportRequest::group("g")
-                .until("2024-01-01T00:00:00Z")
-                .lenient(true),
-        )
-        .validate()
-        .unwrap();
     }
 }

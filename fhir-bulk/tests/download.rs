@@ -61,8 +61,8 @@ fn expected(
         .files(kind)
         .into_iter()
         .map(|f| {
-            let lines = server.file_lines(&f.file.url).unwrap().collect();
-            (f.file.url, lines)
+            let lines = server.file_lines(f.file.url.expose()).unwrap().collect();
+            (f.file.url.expose().to_owned(), lines)
         })
         .collect()
 }
@@ -84,7 +84,7 @@ async fn delivered_lines(
             .iter()
             .map(|r| String::from_utf8(r.resource.to_vec()).unwrap())
             .collect();
-        by_file.insert(file.file.url.clone(), texts);
+        by_file.insert(file.file.url.expose().to_owned(), texts);
     }
     by_file
 }
@@ -410,9 +410,9 @@ async fn organized_output_carries_block_subjects_across_split_files() {
     // concurrent slot: within a chain each block is contiguous and starts with its Patient.
     let mut chain_of: HashMap<String, usize> = HashMap::new();
     for (n, f) in files.iter().enumerate() {
-        let chain = *chain_of.entry(fhir_url(&f.file.url)).or_insert(n);
+        let chain = *chain_of.entry(fhir_url(f.file.url.expose())).or_insert(n);
         if let Some(next) = &f.file.continues_in_file {
-            chain_of.insert(fhir_url(next), chain);
+            chain_of.insert(fhir_url(next.expose()), chain);
         }
     }
     let mut per_chain: HashMap<usize, Vec<&fhir_bulk::Record<Resource>>> = HashMap::new();
@@ -490,13 +490,14 @@ async fn saves_files_to_a_directory() {
             };
             let want: Vec<String> = server
                 .file_lines(
-                    &export
+                    export
                         .all_files()
                         .iter()
-                        .find(|f| saved.url == f.file.url)
+                        .find(|f| f.file.url == saved.url)
                         .unwrap()
                         .file
-                        .url,
+                        .url
+                        .expose(),
                 )
                 .unwrap()
                 .collect();
@@ -563,7 +564,7 @@ async fn files_download_concurrently() {
     let files: Vec<String> = export
         .files(FileKind::Output)
         .into_iter()
-        .map(|f| f.file.url)
+        .map(|f| f.file.url.expose().to_owned())
         .collect();
     assert_eq!(files.len(), 5);
     let stalled = Fault::stall(Duration::from_secs(2)).on_file_index(0);

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{Sleeps, builder, client, fixture, fixture_json, outcome};
-use fhir_bulk::{Error, ExportRequest, JobHandle, ListEncoding, ValidationProfile};
+use fhir_bulk::{Error, ExportRequest, JobHandle, ListEncoding, ServerProfile};
 use serde_json::json;
 use std::time::Duration;
 use wiremock::matchers::{body_json, header, headers, method, path};
@@ -148,7 +148,10 @@ async fn oracle_patient_post_body_matches_the_documented_example() {
         .expect(1)
         .mount(&server)
         .await;
-    let client = client(&server, &Sleeps::default());
+    let client = builder(&server, &Sleeps::default())
+        .server_profile(ServerProfile::OracleHealth)
+        .build()
+        .unwrap();
     let request = ExportRequest::all_patients()
         .post()
         .patients(["Patient/12783127", "Patient/12783128", "12783129"])
@@ -156,8 +159,7 @@ async fn oracle_patient_post_body_matches_the_documented_example() {
         .type_filter("Condition?category=problem-list-item")
         .include_associated_data("RelevantProvenanceResources")
         .since("2021-03-18T19:19:42.000Z")
-        .output_format("application/fhir+ndjson")
-        .validation(ValidationProfile::OracleHealth);
+        .output_format("application/fhir+ndjson");
     let job = client.kick_off(&request).await.unwrap();
     assert!(job.status_url().path().ends_with("/bulk-export/jobs/9f1e"));
     assert_eq!(
@@ -241,12 +243,6 @@ async fn invalid_requests_send_nothing() {
                 .type_filter("Observation?x=1"),
             "_typeFilter",
         ),
-        (
-            ExportRequest::group("g")
-                .type_filter("Condition?x=1")
-                .validation(ValidationProfile::OracleHealth),
-            "_typeFilter",
-        ),
     ];
     for (request, parameter) in cases {
         match client.kick_off(&request).await {
@@ -259,6 +255,19 @@ async fn invalid_requests_send_nothing() {
             }
             other => panic!("{request:?}: {other:?}"),
         }
+    }
+    // The server profile's limits are checked before sending too.
+    let oracle = builder(&server, &Sleeps::default())
+        .server_profile(ServerProfile::OracleHealth)
+        .build()
+        .unwrap();
+    let request = ExportRequest::group("g").type_filter("Condition?x=1");
+    match oracle.kick_off(&request).await {
+        Err(Error::InvalidRequest { parameter, message }) => {
+            assert_eq!(parameter, "_typeFilter");
+            assert!(message.contains("Oracle Health"), "{message}");
+        }
+        other => panic!("{other:?}"),
     }
 }
 
@@ -525,8 +534,8 @@ async fn job_handle_serializes_and_resumes() {
     assert_eq!(&restored, job.handle());
     assert!(restored.kicked_off_at.is_some());
     assert_eq!(
-        restored.request.as_ref().unwrap().resource_types(),
-        ["Patient".to_string()]
+        restored.request.as_ref().unwrap().query_pairs(),
+        [("_type".to_string(), "Patient".to_string())]
     );
     // A new client (another process) polls the restored job.
     let other = common::client(&server, &sleeps);

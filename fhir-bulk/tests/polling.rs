@@ -8,6 +8,7 @@
 mod common;
 
 use common::{Sleeps, builder, client, fixture, outcome};
+use fhir_bulk::resource::Timestamp;
 use fhir_bulk::{
     BulkClient, Error, FileKind, JobHandle, PollPolicy, PollStatus, RetryAfterUnit, RetryPolicy,
 };
@@ -86,8 +87,11 @@ async fn oracle_retry_after_is_honoured_and_capped() {
     assert_eq!(files.len(), 2);
     assert_eq!(files[0].file.resource_type.as_deref(), Some("Patient"));
     assert_eq!(files[1].file.count, Some(41));
-    assert!(files[0].file.url.contains("/bulk-export/files/"));
-    assert_eq!(export.transaction_time(), "2024-03-01T17:35:02.000Z");
+    assert!(files[0].file.url.expose().contains("/bulk-export/files/"));
+    assert_eq!(
+        export.transaction_time(),
+        Timestamp::parse("2024-03-01T17:35:02.000Z")
+    );
     assert_eq!(
         export.expires(),
         Some(UNIX_EPOCH + secs(1_709_314_502)),
@@ -135,7 +139,10 @@ async fn millisecond_retry_after_with_progress_words() {
     assert_eq!(words, ["scheduled", "started", "completed"]);
     assert_eq!(sleeps.taken(), vec![Duration::from_millis(1500); 3]);
     assert_eq!(export.files(FileKind::Error).len(), 1);
-    assert_eq!(export.transaction_time(), "2024-05-02T08:15:00Z");
+    assert_eq!(
+        export.transaction_time(),
+        Timestamp::parse("2024-05-02T08:15:00Z")
+    );
 }
 
 #[tokio::test]
@@ -474,7 +481,7 @@ async fn partial_manifests_are_collected_once() {
     let urls: Vec<String> = export
         .files(FileKind::Output)
         .into_iter()
-        .map(|f| f.file.url)
+        .map(|f| f.file.url.expose().to_owned())
         .collect();
     assert_eq!(
         urls,

@@ -19,11 +19,10 @@ pub use save::{
 
 use crate::client::BulkClient;
 use crate::error::{Error, LineErrorKind, Result};
-use crate::manifest::{CompletedExport, ExportFile, FileKind};
+use crate::manifest::{CompletedExport, ExportFile, FileKind, FileUrl};
 use crate::ndjson::DEFAULT_MAX_LINE_LEN;
 use crate::outcome::OperationOutcome;
 use crate::resource::{DeletedResource, ParseError, check_line, deleted_resources, parse_line};
-use crate::secret::redact_url_str;
 use crate::transport::TokenUse;
 use body::FileRequest;
 use bytes::Bytes;
@@ -172,7 +171,7 @@ pub(crate) fn request_for(file: &ExportFile) -> Result<FileRequest> {
 
 pub(crate) fn info_for(file: &ExportFile) -> Arc<FileInfo> {
     Arc::new(FileInfo {
-        url: redact_url_str(&file.file.url),
+        url: file.file.url.redacted(),
         kind: file.kind,
         resource_type: file.file.resource_type.clone(),
         count: file.file.count,
@@ -368,11 +367,11 @@ where
 
 /// Groups files so that a file named by another's `continuesInFile` follows it.
 fn chains(files: Vec<ExportFile>) -> Vec<Vec<ExportFile>> {
-    let continued: std::collections::HashSet<String> = files
+    let continued: std::collections::HashSet<FileUrl> = files
         .iter()
         .filter_map(|f| f.file.continues_in_file.clone())
         .collect();
-    let mut by_url: std::collections::HashMap<String, ExportFile> = files
+    let mut by_url: std::collections::HashMap<FileUrl, ExportFile> = files
         .iter()
         .map(|f| (f.file.url.clone(), f.clone()))
         .collect();

@@ -29,7 +29,6 @@ use crate::client::BulkClient;
 use crate::error::{Error, LineErrorKind, Result};
 use crate::manifest::{CompletedExport, ExportFile, FileKind};
 use crate::ndjson::Checkpoint;
-use crate::secret::redact_url_str;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use futures::StreamExt;
@@ -658,7 +657,7 @@ impl BulkClient {
                 Ok(saved) => report.files.push(saved),
                 Err(error) if keep_going => report.failed.push(FailedFile {
                     path,
-                    url: redact_url_str(&file.file.url),
+                    url: file.file.url.redacted(),
                     message: error.to_string(),
                     resumable: keeps_part(&error),
                 }),
@@ -718,7 +717,7 @@ fn saved_file(
         path: path.to_owned(),
         kind: file.kind,
         resource_type: file.file.resource_type.clone(),
-        url: redact_url_str(&file.file.url),
+        url: file.file.url.redacted(),
         lines: tally.lines,
         bytes,
         data_bytes: tally.data_bytes,
@@ -746,7 +745,7 @@ async fn save_one(
     let mut part = path.as_os_str().to_owned();
     part.push(".part");
     let part = PathBuf::from(part);
-    let url = redact_url_str(&file.file.url);
+    let url = file.file.url.redacted();
     let resume = if options.gzip {
         None
     } else {

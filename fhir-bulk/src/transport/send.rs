@@ -8,7 +8,6 @@ use super::retry::{RetryContext, ServerWait, is_transient_transport};
 use super::{Answer, Call, ClientKind, TokenUse, header_str};
 use crate::client::Inner;
 use crate::error::{Error, ErrorResponse, Result, TransportErrorKind};
-use crate::poll::parse_retry_after;
 use crate::secret::{AccessToken, redact_url};
 use reqwest::Response;
 use reqwest::header::{self, HeaderMap, HeaderValue};
@@ -56,19 +55,17 @@ impl Inner {
     /// The wait a server asked for in these headers: `x-ms-retry-after-ms` (Azure), else
     /// `Retry-After` (delta-seconds, or milliseconds per the poll policy, or an HTTP-date).
     pub(crate) fn server_wait(&self, headers: &HeaderMap) -> Option<ServerWait> {
-        if let Some(ms) =
-            header_str(headers, "x-ms-retry-after-ms").and_then(|v| v.parse::<u64>().ok())
-        {
-            return Some(ServerWait {
-                delay: Duration::from_millis(ms),
-                source: "x-ms-retry-after-ms",
-            });
-        }
-        header_str(headers, "retry-after")
-            .and_then(|v| parse_retry_after(v, self.poll.retry_after_unit, (self.clock)()))
-            .map(|delay| ServerWait {
-                delay,
-                source: "Retry-After",
+        // The server profile says which header carries the wait (Microsoft's
+        // `x-ms-retry-after-ms` before `Retry-After`).
+        self.profile
+            .retry_after(
+                |name| header_str(headers, name),
+                self.poll.retry_after_unit,
+                (self.clock)(),
+            )
+            .map(|hint| ServerWait {
+                delay: hint.delay,
+                source: hint.source,
             })
     }
 
