@@ -110,9 +110,9 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
     reporter.milestone(&format!(
         "export ready: {} (transactionTime {})",
         crate::plural::count(export.all_files().len() as u64, "file"),
-        export.transaction_time().map_or_else(
+        export.manifests.first().map_or_else(
             || "unknown".to_owned(),
-            |t| crate::escape::server_text(&t.to_string())
+            |m| crate::escape::server_text(&m.transaction_time)
         )
     ));
     let report = downloads.finish(&export, &mut state).await?;

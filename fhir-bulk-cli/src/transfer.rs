@@ -289,7 +289,8 @@ impl<'a> Downloads<'a> {
         state: &mut StateFile,
     ) -> Result<TransferReport, CliError> {
         state.state.phase = state::Phase::Downloading;
-        state.state.transaction_time = export.transaction_time().map(|t| t.to_string());
+        // The server's text as sent: the summary says when it is not an instant.
+        state.state.transaction_time = export.manifests.first().map(|m| m.transaction_time.clone());
         // Forget records of files this manifest does not list (an earlier manifest's).
         let names = file_names(export, self.options.gzip);
         let listed: HashSet<String> = names.iter().map(|(_, rel)| state::key(rel)).collect();
