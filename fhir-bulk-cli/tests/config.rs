@@ -2,6 +2,7 @@
 //! variable or a TOML config file (flag > environment > file > default), shell completions
 //! and a man page from subcommands, and `status` without options that mean nothing for one
 //! poll.
+#![allow(clippy::unwrap_used, reason = "test helpers fail loudly")]
 
 #[allow(dead_code)]
 #[path = "cli/support.rs"]

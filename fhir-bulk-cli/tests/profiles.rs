@@ -1,5 +1,6 @@
 //! `--server-profile` and the encoding flags: what reaches the wire, what `log.ndjson` records
 //! as `exportUrl`, and what is refused before any request.
+#![allow(clippy::unwrap_used, reason = "test helpers fail loudly")]
 
 #[path = "cli/support.rs"]
 #[allow(dead_code)]

@@ -1,5 +1,6 @@
 //! The CLI at scale: connections are reused across many files, memory grows with the manifest
 //! and no more, and with partial manifests the files are downloaded while the job runs.
+#![allow(clippy::unwrap_used, reason = "test helpers fail loudly")]
 
 #[path = "cli/support.rs"]
 #[allow(dead_code)] // each test file uses some of the helpers

@@ -2,6 +2,7 @@
 //! torn last record included), the state's bytes stay proportional to the files, a state that
 //! names paths outside the output directory is refused, one process per directory, files of an
 //! unrecorded export are never mixed in, and `--max-poll-interval` caps a 429's Retry-After.
+#![allow(clippy::unwrap_used, reason = "test helpers fail loudly")]
 
 #[path = "cli/support.rs"]
 #[allow(dead_code)] // each test file uses some of the helpers

@@ -1,6 +1,7 @@
 //! What the `fhir-bulk` binary shows a person: no server text reaches the terminal raw (on
 //! every subcommand), messages name CLI flags and the server's own reason, and a run on a
 //! real terminal (tmux) leaves no stale progress-bar lines behind.
+#![allow(clippy::unwrap_used, reason = "test helpers fail loudly")]
 
 #[allow(dead_code)]
 #[path = "cli/support.rs"]

@@ -1,4 +1,5 @@
 //! Exercises the in-process bulk data server with real HTTP requests.
+#![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
 
 use std::io::Read as _;
 use std::time::{Duration, Instant, SystemTime};

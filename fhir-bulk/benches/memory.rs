@@ -4,6 +4,7 @@
 //! in-process server's own memory is included: both sides stay bounded.
 //!
 //! `cargo bench -p fhir-bulk --bench memory`
+#![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
 
 mod common;
 

@@ -6,6 +6,7 @@
 //! and one that sends no `Retry-After` (the growing schedule applies).
 //!
 //! `cargo bench -p fhir-bulk --bench poll_lag`
+#![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
 
 use fhir_bulk::{BulkClient, ExportRequest, PollPolicy};
 use serde_json::json;

@@ -5,6 +5,7 @@
 //! and the whole-line check.
 //!
 //! `cargo bench -p fhir-bulk --bench throughput`
+#![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! manifest, and the DELETE that tells the server we are done. No network needed.
 //!
 //! Run it with `cargo run --example offline_export`.
+#![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
 
 use fhir_bulk::{BulkClient, ExportRequest, FileKind, PollPolicy};
 use std::time::Duration;

@@ -3,6 +3,7 @@
 //!
 //! Runs against the crate's in-process bulk data server, no network needed:
 //! `cargo run -p fhir-bulk --example own_struct`.
+#![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
 
 use fhir_bulk::{BulkClient, DownloadOptions, ExportRequest};
 use fhir_bulk_test_server::TestServer;

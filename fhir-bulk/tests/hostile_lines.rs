@@ -3,6 +3,7 @@
 //! own error and deleted files are kept whatever their `count`. Every server here is a
 //! scripted raw socket on 127.0.0.1 that sends exactly the bytes a broken server or proxy
 //! would (see `fhir_bulk_test_server::raw`).
+#![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! loop ends (cut bodies with and without Range, false gzip labels, oversized answers,
 //! endless manifest pages, unusable tokens), echoed tokens never reach an error, a POST
 //! kick-off is not re-sent to another origin, error bodies are decoded before they are read.
+#![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! End-to-end use of the NDJSON reading API from outside the crate, the way
 //! a downloader would: chunks in, resources (or located errors) out.
+#![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
 
 use bytes::Bytes;
 use fhir_bulk::ndjson::{Checkpoint, FrameError, Line, LineFramer};

@@ -1,6 +1,7 @@
 //! The Epic profile, replayed from the spec digest and prior-art.md: a Group export whose
 //! `_typeFilter` values are comma-joined with their own commas backslash-escaped, the
 //! `Epic-Client-ID` header, slow polling (no Retry-After), and a DELETE when done.
+#![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! GET with `organizeOutputBy=Patient` and `Accept: application/fhir+json`, a relative
 //! operations name as Content-Location, `X-Progress: in progress`, a manifest of `gs://` files,
 //! and an error for a DELETE of a finished operation.
+#![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
 
 mod common;
 

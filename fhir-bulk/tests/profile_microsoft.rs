@@ -2,6 +2,7 @@
 //! digest: GET kick-off with `_till`, `[base]/_operations/export/{id}` status answers with no
 //! `Retry-After` but `x-ms-retry-after-ms` when throttled, and a cancel answered with 200 and
 //! the manifest of what was written.
+#![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
 
 mod common;
 

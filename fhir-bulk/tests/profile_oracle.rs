@@ -1,6 +1,7 @@
 //! The Oracle Health profile, replayed from seeds 000 and 004: the sandbox Group export
 //! `GET …/Group/{id}/$export?_type=Patient,Condition`, status at `/bulk-export/jobs/{id}` with
 //! `Retry-After: 600` honoured in full, and the documented limits refused before sending.
+#![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The SMART reference bulk-data-server profile, replayed from what the spec digest and
 //! prior-art.md record: every 202 carries `Retry-After: 1`, and a DELETE of a finished or gone
 //! job answers 400 (bulk-data-server #64).
+#![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The STU4 profile, replayed from the spec digest (IG STU4 ballot): a POST kick-off with every
 //! list repeated and `includeAssociatedData` as `valueCoding`, and the STU4 manifest shape
 //! (`outcome`, array `extension`, `link`).
+#![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
 
 mod common;
 

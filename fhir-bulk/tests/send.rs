@@ -1,6 +1,7 @@
 //! Every public future and stream runs inside `tokio::spawn` on a multi-thread runtime: a
 //! compile-time proof (a future that stops being `Send + 'static` fails to compile here), run
 //! against the in-process test server so each also works when spawned.
+#![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
 
 mod common;
 

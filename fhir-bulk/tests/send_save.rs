@@ -1,5 +1,6 @@
 //! `save_export` and `save_file` futures are `Send`: they run inside `tokio::spawn` on a
 //! multi-thread runtime. A regression fails to compile.
+#![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
 
 use fhir_bulk::download::{SaveEvent, SaveOptions};
 use fhir_bulk::{BulkClient, CompletedExport, Manifest};

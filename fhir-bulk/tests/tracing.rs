@@ -2,6 +2,7 @@
 //! play (an access token, a client secret, a SMART assertion, a pre-signed URL query), each
 //! echoed back by the server: the events fire as the tracing contract says, and no field,
 //! message or span holds a secret.
+#![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
 
 mod common;
 
