@@ -6,7 +6,10 @@
 //! target is at most 10).
 //!
 //! `cargo bench -p fhir-bulk-cli --bench many_files`
-#![allow(clippy::unwrap_used, reason = "a benchmark harness: a failed unwrap is a failed run")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a benchmark harness: a failed unwrap is a failed run"
+)]
 
 #[path = "../tests/cli/support.rs"]
 #[allow(dead_code)]
