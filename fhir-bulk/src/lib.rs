@@ -73,6 +73,7 @@ pub mod resource;
 mod retry;
 mod secret;
 mod status;
+pub mod storage;
 mod validate;
 
 pub use capability::CapabilityStatement;
@@ -90,6 +91,7 @@ pub use request::{
 pub use retry::RetryPolicy;
 pub use secret::{AccessToken, SecretString, redact_url_str};
 pub use status::{Progress, parse_progress_percent};
+pub use storage::GoogleStorage;
 pub use validate::MAX_PATIENTS;
 
 /// The README's examples, compiled as doctests.

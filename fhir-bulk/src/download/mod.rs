@@ -151,7 +151,16 @@ impl<T> std::ops::Deref for Record<T> {
 /// A stream of download items.
 pub type RecordStream<T> = BoxStream<'static, Result<Record<T>>>;
 
-fn request_for(file: &ExportFile) -> Result<FileRequest> {
+fn request_for(client: &BulkClient, file: &ExportFile) -> Result<FileRequest> {
+    // gs:// files: read through the Cloud Storage JSON API, always with the (Google) token.
+    if crate::storage::gcs::is_gs_url(&file.file.url) {
+        let endpoint = client.inner.gcs_endpoint.as_ref();
+        return Ok(FileRequest {
+            url: crate::storage::gcs::file_url(endpoint, &file.file.url)?,
+            token: TokenUse::Required,
+            expires: file.expires,
+        });
+    }
     Ok(FileRequest {
         url: file.file.http_url()?,
         token: if file.requires_access_token {
@@ -198,7 +207,7 @@ where
     F: FnMut(&FileInfo, &SourcedLine) -> std::result::Result<Vec<T>, ParseError> + Send + 'static,
 {
     let info = info_for(file);
-    let request = match request_for(file) {
+    let request = match request_for(client, file) {
         Ok(request) => request,
         Err(e) => return stream::once(async move { Err(e) }).boxed(),
     };

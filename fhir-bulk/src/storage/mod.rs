@@ -1,0 +1,8 @@
+//! Where export files live and where they go: `gs://` reads ([`GoogleStorage`]) and
+//! splitting one export across machines ([`shard`]).
+
+pub mod gcs;
+pub mod shard;
+
+pub use gcs::GoogleStorage;
+pub use shard::{Shard, shard_file_names, shard_files, shard_positions};
