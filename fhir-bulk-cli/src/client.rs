@@ -14,7 +14,11 @@ pub(crate) fn build(
     poll: &PollArgs,
 ) -> Result<BulkClient, CliError> {
     let mut builder = BulkClient::builder(base).poll_policy(poll_policy(poll));
-    if let Some(provider) = auth::provider(server)? {
+    if let Some(provider) = crate::cloud::google_auth(base, server)? {
+        builder = builder
+            .auth_arc(provider)
+            .google_storage(fhir_bulk::GoogleStorage::new());
+    } else if let Some(provider) = auth::provider(server)? {
         builder = builder.auth_arc(provider);
     }
     for (name, value) in &server.headers {

@@ -22,6 +22,7 @@
 mod args;
 mod auth;
 mod client;
+mod cloud;
 mod demo;
 mod download;
 mod error;

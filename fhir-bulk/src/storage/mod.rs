@@ -1,6 +1,9 @@
 //! Where export files live and where they go: `gs://` reads ([`GoogleStorage`]) and
-//! splitting one export across machines ([`shard`]).
+//! splitting one export across machines ([`shard`]); with the `cloud` feature, saving into
+//! S3, Google Cloud Storage or Azure Blob Storage (`cloud`).
 
+#[cfg(feature = "cloud")]
+pub mod cloud;
 pub mod gcs;
 pub mod shard;
 

@@ -178,9 +178,9 @@ impl crate::BulkClient {
         use futures::{StreamExt, TryStreamExt};
         let jobs = shard_file_names(export, options.gzip, shard);
         let concurrency = options.download.concurrency.max(1);
-        let files = futures::stream::iter(jobs.iter().map(|(file, name)| {
+        let files = futures::stream::iter(jobs.into_iter().map(|(file, name)| {
             let path = dir.join(name);
-            async move { self.save_file(file, &path, options).await }
+            async move { self.save_file(&file, &path, options).await }
         }))
         .buffered(concurrency)
         .try_collect()

@@ -153,7 +153,7 @@ pub fn moto() -> Option<Emulator> {
 
 /// Azurite's blob service, in memory.
 pub fn azurite() -> Option<Emulator> {
-    start("FHIR_BULK_AZURITE", "azurite-blob", |port, dir| {
+    start("FHIR_BULK_AZURITE", "azurite-blob", |port, _| {
         [
             "--blobHost",
             "127.0.0.1",
@@ -161,8 +161,7 @@ pub fn azurite() -> Option<Emulator> {
             &port.to_string(),
             "--inMemoryPersistence",
             "--skipApiVersionCheck",
-            "--location",
-            &dir.display().to_string(),
+            "--disableTelemetry",
         ]
         .map(String::from)
         .to_vec()
