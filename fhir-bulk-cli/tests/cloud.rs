@@ -251,15 +251,13 @@ async fn download_into_s3_through_the_aws_variables() {
     let out = finished(out);
     assert_code(&out, 0);
     assert_absent(&out.all(), "testing-SECRET", "the output");
-    for (name, bytes) in data_files(&single) {
+    let expected = data_files(&single);
+    assert!(!expected.is_empty());
+    for (name, bytes) in expected {
         let got = reqwest::get(format!("{}/landing/fhir/run-1/{name}", moto.url()))
             .await
             .unwrap();
         assert!(got.status().is_success(), "{name}: {}", got.status());
         assert_eq!(got.bytes().await.unwrap().as_ref(), &bytes[..], "{name}");
     }
-    let manifest_back = reqwest::get(format!("{}/landing/fhir/run-1/manifest.json", moto.url()))
-        .await
-        .unwrap();
-    assert!(manifest_back.status().is_success());
 }
