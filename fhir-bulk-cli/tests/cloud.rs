@@ -211,7 +211,6 @@ async fn google_credentials_must_be_a_readable_key() {
 }
 
 #[cfg(feature = "cloud")]
-#[allow(dead_code)]
 #[path = "../../fhir-bulk/tests/emulators/mod.rs"]
 mod emulators;
 
