@@ -217,9 +217,10 @@ impl ManifestFile {
         match url.scheme() {
             "http" | "https" => Ok(url),
             "gs" => Err(unsupported(
-                "the file is in Google Cloud Storage: the download streams read it through the \
-                 Cloud Storage API when `BulkClientBuilder::google_storage` is set (with a Google \
-                 auth provider, `fhir_bulk::auth::GoogleAuth`)"
+                "the file is in Google Cloud Storage, read with Google credentials, not with \
+                 the FHIR server's token: the download streams read it through the Cloud \
+                 Storage API when `BulkClientBuilder::google_storage` is set (with a Google auth \
+                 provider, `fhir_bulk::auth::GoogleAuth`)"
                     .into(),
             )),
             "s3" => Err(unsupported(
