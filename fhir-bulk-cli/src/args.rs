@@ -157,6 +157,13 @@ pub(crate) struct ServerArgs {
     )]
     pub(crate) headers: Vec<(String, String)>,
 
+    // Google Cloud (see cloud.rs).
+    /// A Google credentials file: a service-account key or `authorized_user` credentials.
+    /// The token (cloud-platform scope) goes to the FHIR server and to Cloud Storage for
+    /// gs:// files [default with a healthcare.googleapis.com base URL and no other
+    /// credentials: application default credentials].
+    #[arg(long, value_name = "FILE", help_heading = "Auth")]
+    pub(crate) google_credentials: Option<PathBuf>,
     /// The kind of server, for its encodings, documented limits, poll defaults and readings of
     /// Retry-After and DELETE answers: stu4, oracle, epic, google, microsoft, smart or generic
     /// [default: from the base URL's host when it is a vendor's cloud, else generic; -v tells
@@ -495,6 +502,13 @@ pub(crate) struct DownloadArgs {
     /// With a status URL: leave the job on the server after a complete download (no DELETE).
     #[arg(long, help_heading = "Transfer")]
     pub(crate) keep_job: bool,
+
+    // One export across machines (see cloud.rs).
+    /// Download only shard K of N of the files (0-based: 0/3, 1/3, 2/3), e.g. a Kubernetes
+    /// Indexed Job's JOB_COMPLETION_INDEX: N workers with the same manifest and output
+    /// together write exactly what one would.
+    #[arg(long, value_name = "K/N", value_parser = crate::cloud::parse_shard, help_heading = "Transfer")]
+    pub(crate) shard: Option<fhir_bulk::storage::Shard>,
 }
 
 /// `fhir-bulk demo`.

@@ -48,7 +48,11 @@ pub(crate) fn build(
         .server_profile(profile)
         .poll_policy(poll_policy(poll, profile))
         .retry_policy(retry_policy(poll));
-    if let Some(provider) = auth::provider(server)? {
+    if let Some(provider) = crate::cloud::google_auth(base, server)? {
+        builder = builder
+            .auth_arc(provider)
+            .google_storage(fhir_bulk::GoogleStorage::new());
+    } else if let Some(provider) = auth::provider(server)? {
         builder = builder.auth_arc(provider);
     }
     for (name, value) in &server.headers {

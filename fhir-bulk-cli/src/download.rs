@@ -101,6 +101,9 @@ async fn token_first(client: &BulkClient, server: &ServerArgs) -> Result<(), Cli
 /// Downloads the files of a finished job.
 pub(crate) async fn run(args: &DownloadArgs) -> Result<(), CliError> {
     let started = Instant::now();
+    if let Some(done) = crate::cloud::download(args).await {
+        return done;
+    }
     let dir = args.output_dir.as_path();
     std::fs::create_dir_all(dir).map_err(|e| {
         CliError::usage(

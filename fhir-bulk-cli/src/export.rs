@@ -38,6 +38,7 @@ pub(crate) fn resume_hint(dir: &Path) -> String {
 /// Runs an export from the flags.
 pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
     let started = Instant::now();
+    crate::cloud::refuse_store_output(&args.output_dir)?;
     let request = request::build(args)?;
     let client = client::build(&args.base_url, &args.server, &args.poll)?;
     let base = client.base_url().to_string();

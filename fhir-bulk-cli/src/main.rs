@@ -30,6 +30,7 @@
 mod args;
 mod auth;
 mod client;
+mod cloud;
 mod config;
 mod demo;
 mod download;

@@ -58,6 +58,8 @@ pub(crate) struct Inner {
     /// The access tokens sent lately, scrubbed from whatever the server sends back.
     pub(crate) sent_tokens: Mutex<Vec<AccessToken>>,
     pub(crate) profile: ServerProfile,
+    /// Where `gs://` files are read (the Cloud Storage endpoint), if enabled.
+    pub(crate) gcs_endpoint: Option<Url>,
 }
 
 impl Inner {
@@ -371,6 +373,7 @@ pub struct BulkClientBuilder {
     sleep: Option<SleepFn>,
     clock: Option<ClockFn>,
     random: Option<RandomFn>,
+    google_storage: Option<crate::storage::GoogleStorage>,
 }
 
 impl fmt::Debug for BulkClientBuilder {
@@ -444,6 +447,7 @@ impl BulkClientBuilder {
             sleep: None,
             clock: None,
             random: None,
+            google_storage: None,
         }
     }
 
@@ -489,6 +493,16 @@ impl BulkClientBuilder {
     /// server of the same vendor that needs it. Only the origin part of the URL counts.
     pub fn trusted_origin(mut self, origin: impl Into<String>) -> Self {
         self.trusted_origins.push(origin.into());
+        self
+    }
+
+    /// Reads `gs://` file URLs through the Cloud Storage JSON API at `storage`'s endpoint,
+    /// whose origin then receives the auth provider's token (use a Google provider such as
+    /// [`GoogleAuth`](crate::auth::GoogleAuth)). On by default (endpoint from
+    /// `STORAGE_EMULATOR_HOST`, else Google's) when the base URL is on
+    /// `healthcare.googleapis.com`; elsewhere `gs://` files are refused until this is set.
+    pub fn google_storage(mut self, storage: crate::storage::GoogleStorage) -> Self {
+        self.google_storage = Some(storage);
         self
     }
 
@@ -572,6 +586,17 @@ impl BulkClientBuilder {
             let url = check_http_url("trusted_origin", text, insecure)?;
             trusted_origins.push(url.origin());
         }
+        // gs:// reads: the storage endpoint is trusted with the token only when enabled.
+        let gcs_endpoint = match &self.google_storage {
+            Some(storage) => Some(storage.resolve(insecure)?),
+            None if crate::storage::gcs::is_google_healthcare(&base) => {
+                Some(crate::storage::GoogleStorage::new().resolve(insecure)?)
+            }
+            None => None,
+        };
+        if let Some(endpoint) = &gcs_endpoint {
+            trusted_origins.push(endpoint.origin());
+        }
         let mut extra_headers = HeaderMap::new();
         for (name, value) in &self.headers {
             let header = HeaderName::from_bytes(name.trim().as_bytes())
@@ -626,6 +651,7 @@ impl BulkClientBuilder {
                 random: self.random.unwrap_or_else(fastrand_source),
                 sent_tokens: Mutex::new(Vec::new()),
                 profile: self.profile,
+                gcs_endpoint,
             }),
         })
     }

@@ -91,6 +91,7 @@ pub mod resource;
 mod retry;
 mod secret;
 mod status;
+pub mod storage;
 mod tls;
 mod transport;
 mod validate;
@@ -118,5 +119,6 @@ pub use request::{
 pub use retry::RetryPolicy;
 pub use secret::{AccessToken, SecretString, redact_url_str};
 pub use status::{Progress, parse_progress_percent};
+pub use storage::GoogleStorage;
 pub use transport::retry::RandomFn;
 pub use validate::MAX_PATIENTS;

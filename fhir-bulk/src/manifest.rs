@@ -367,6 +367,13 @@ impl ManifestFile {
         })?;
         match url.scheme() {
             "http" | "https" => Ok(url),
+            "gs" => Err(unsupported(
+                "the file is in Google Cloud Storage, read with Google credentials, not with \
+                 the FHIR server's token: the download streams read it through the Cloud \
+                 Storage API when `BulkClientBuilder::google_storage` is set (with a Google auth \
+                 provider, `fhir_bulk::auth::GoogleAuth`)"
+                    .into(),
+            )),
             _ => Err(unsupported(
                 crate::ServerProfile::Generic
                     .file_url_advice(url.as_str())

@@ -9,6 +9,8 @@
 //! Providers:
 //! - [`SmartBackendAuth`]: SMART Backend Services (`private_key_jwt` with an RSA or EC key).
 //! - [`ClientSecretAuth`]: `client_credentials` with a client secret.
+//! - [`GoogleAuth`]: Google OAuth (service-account key, application default credentials,
+//!   metadata server, `gcloud auth print-access-token`).
 //! - [`TokenFn`]: your own async function.
 //! - [`StaticToken`]: a fixed token.
 
@@ -17,6 +19,7 @@ mod client_secret;
 mod closure;
 mod der;
 mod discovery;
+mod google;
 mod jwt;
 #[cfg(all(
     not(feature = "rustls-aws-lc"),
@@ -31,6 +34,9 @@ mod token_endpoint;
 
 pub use client_secret::{ClientSecretAuth, ClientSecretAuthBuilder, ClientSecretMethod};
 pub use closure::TokenFn;
+pub use google::{
+    AdcSource, CLOUD_PLATFORM_SCOPE, GOOGLE_TOKEN_URI, GoogleAuth, choose_adc, metadata_base,
+};
 pub use keys::SigningAlgorithm;
 pub use smart::{SmartBackendAuth, SmartBackendAuthBuilder};
 pub use static_token::StaticToken;

@@ -232,7 +232,9 @@ impl Source {
             self.received = 0;
             let headers = response.headers();
             self.ranges = header_str(headers, "accept-ranges")
-                .is_some_and(|v| v.to_ascii_lowercase().contains("bytes"));
+                .is_some_and(|v| v.to_ascii_lowercase().contains("bytes"))
+                // Cloud Storage serves ranges of every object (storage/gcs.rs).
+                || headers.contains_key("x-goog-generation");
             self.if_range = validator(headers);
             match BodyDecoder::for_encoding(header_str(headers, "content-encoding")) {
                 Ok(d) => {

@@ -156,7 +156,17 @@ impl<T> std::ops::Deref for Record<T> {
 /// A stream of download items.
 pub type RecordStream<T> = BoxStream<'static, Result<Record<T>>>;
 
-pub(crate) fn request_for(file: &ExportFile) -> Result<FileRequest> {
+pub(crate) fn request_for(client: &BulkClient, file: &ExportFile) -> Result<FileRequest> {
+    // gs:// files: read through the Cloud Storage JSON API, always with the (Google) token.
+    if crate::storage::gcs::is_gs_url(file.file.url.expose()) {
+        let endpoint = client.inner.gcs_endpoint.as_ref();
+        return Ok(FileRequest {
+            url: crate::storage::gcs::file_url(endpoint, file.file.url.expose())?,
+            token: TokenUse::Required,
+            expires: file.expires,
+            resume: None,
+        });
+    }
     Ok(FileRequest {
         url: file.file.http_url()?,
         token: if file.requires_access_token {
@@ -243,7 +253,7 @@ where
     F: FnMut(&FileInfo, &SourcedLine) -> std::result::Result<Items<T>, ParseError> + Send + 'static,
 {
     let info = info_for(file);
-    let request = match request_for(file) {
+    let request = match request_for(client, file) {
         Ok(request) => request,
         Err(e) => return stream::once(async move { Err(e) }).boxed(),
     };

@@ -778,7 +778,7 @@ async fn save_attempt(
 ) -> Result<SavedFile> {
     let download = &options.download;
     let info = info_for(file);
-    let mut request = request_for(file)?;
+    let mut request = request_for(client, file)?;
     let (mut sink, mut tally, start) = match resume {
         Some(state) => {
             let sink = Sink::reopen(part, state).await?;
