@@ -285,6 +285,26 @@ impl HttpOptions {
             })?;
             builder = builder.proxy(proxy);
         }
+        builder = self.apply_tls(builder)?;
+        builder.build().map_err(|e| {
+            invalid(
+                "http_options",
+                format!(
+                    "cannot build the HTTP client: {}",
+                    crate::transport::scrub::scrub(&e.to_string(), [])
+                ),
+            )
+        })
+    }
+
+    /// Extra root certificates and the client identity (mTLS), on the TLS stack the crate's
+    /// feature chose.
+    #[cfg(any(
+        feature = "rustls-aws-lc",
+        feature = "rustls-ring",
+        feature = "native-tls"
+    ))]
+    fn apply_tls(&self, mut builder: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder> {
         for (n, pem) in self.root_certificates.iter().enumerate() {
             let text = String::from_utf8_lossy(pem);
             let certs = if text.contains("-----BEGIN CERTIFICATE-----") {
@@ -345,15 +365,26 @@ impl HttpOptions {
             })?;
             builder = builder.identity(identity);
         }
-        builder.build().map_err(|e| {
-            invalid(
-                "http_options",
-                format!(
-                    "cannot build the HTTP client: {}",
-                    crate::transport::scrub::scrub(&e.to_string(), [])
-                ),
-            )
-        })
+        Ok(builder)
+    }
+
+    /// Without a TLS feature there is no TLS stack to configure: a root certificate or a client
+    /// identity is refused, naming the setting.
+    #[cfg(not(any(
+        feature = "rustls-aws-lc",
+        feature = "rustls-ring",
+        feature = "native-tls"
+    )))]
+    fn apply_tls(&self, builder: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder> {
+        let needs = "needs a TLS stack: enable one of fhir-bulk's features rustls-aws-lc, \
+                     rustls-ring or native-tls";
+        if !self.root_certificates.is_empty() {
+            return Err(invalid("http_options.root_certificate", needs));
+        }
+        if self.identity.is_some() {
+            return Err(invalid("http_options.identity", needs));
+        }
+        Ok(builder)
     }
 }
 

@@ -96,11 +96,6 @@ mod tls;
 mod transport;
 mod validate;
 
-/// The reqwest this crate is built with, for the types that appear in its API
-/// ([`BulkClientBuilder::http_client`], [`auth::AuthContext::http`]): build your
-/// `reqwest::Client` with `fhir_bulk::reqwest` to be sure the versions match.
-pub use reqwest;
-
 pub use capability::CapabilityStatement;
 pub use client::{BulkClient, BulkClientBuilder, DEFAULT_USER_AGENT, HttpOptions};
 pub use download::{DownloadOptions, InvalidLines, Record, RecordStream};
