@@ -2,6 +2,7 @@
 //! once give the single-machine result), `--output-dir` URLs (refused without the `cloud`
 //! feature, written to S3 through the AWS_* variables with it), `file://` directories, and
 //! `--google-credentials`.
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
 #[allow(dead_code)]
 #[path = "cli/support.rs"]

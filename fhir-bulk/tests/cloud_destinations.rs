@@ -3,6 +3,7 @@
 //! tested: object_store writes through the XML API, which the fake-gcs-server of the PyPI
 //! wheel answers with 400); a rerun skips what is complete; three shards at once into one bucket give
 //! the single-machine result; another export's prefix is refused.
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 #![cfg(feature = "cloud")]
 
 mod emulators;

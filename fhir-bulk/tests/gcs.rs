@@ -2,6 +2,7 @@
 //! JSON API of a real fake-gcs-server: byte-exact, resumed with `Range` + `If-Range` after a
 //! cut, gzip objects (decompressive transcoding) included; the storage token goes to the
 //! storage endpoint and to no other origin.
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
 mod emulators;
 

@@ -1,6 +1,7 @@
 //! Google OAuth: a service-account key signs a token request (RS256 JWT bearer grant) that a
 //! test token endpoint verifies with the public key; authorized_user refresh, the metadata
 //! server and an external command; secrets never in Debug or errors.
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
 use fhir_bulk::auth::{CLOUD_PLATFORM_SCOPE, GoogleAuth};
 use fhir_bulk::{BulkClient, Error, ExportRequest};
