@@ -444,25 +444,45 @@ impl GoogleAuth {
             iat: now,
             exp: now + ASSERTION_LIFETIME.as_secs(),
         };
-        jsonwebtoken::encode(&header, &claims, key)
+        super::jwt::encode(&header, &claims, key)
             .map(SecretString::new)
             .map_err(|e| format!("cannot sign the service-account assertion with RS256: {e}"))
+    }
+
+    /// Where this source asks for tokens (for retry messages; the metadata server's base).
+    fn token_url(&self) -> Option<Url> {
+        match &self.source {
+            Source::ServiceAccount { token_uri, .. } | Source::AuthorizedUser { token_uri, .. } => {
+                Some(token_uri.clone())
+            }
+            Source::Metadata { base } => Some(base.clone()),
+            Source::Command { .. } => None,
+        }
     }
 
     async fn fetch(&self, ctx: AuthContext<'_>) -> Result<FreshToken> {
         if let Source::Command { program, args } = &self.source {
             return run_command(program, args).await;
         }
-        let mut attempt = 1;
+        // Transient failures are retried in the transport's retry context: bounded by attempts
+        // and time, the client's (injectable) sleep, a tracing event per retry.
+        let policy = crate::RetryPolicy::default()
+            .with_max_retries(MAX_ATTEMPTS as usize - 1)
+            .with_min_delay(FIRST_BACKOFF)
+            .with_max_delay(Duration::from_secs(4))
+            .with_max_elapsed(Some(Duration::from_secs(30)));
+        let mut retries = crate::transport::RetryContext::new(&policy, ctx.inner.random.clone());
+        let url = self
+            .token_url()
+            .ok_or_else(|| auth_error("a command is not a token endpoint"))?;
         loop {
             match self.attempt(ctx).await {
                 Ok(token) => return Ok(token),
-                Err((error, transient)) if !transient || attempt >= MAX_ATTEMPTS => {
-                    return Err(error);
-                }
-                Err(_) => {
-                    tokio::time::sleep(FIRST_BACKOFF * 2u32.pow(attempt - 1)).await;
-                    attempt += 1;
+                Err((error, false)) => return Err(error),
+                Err((error, true)) => {
+                    ctx.inner
+                        .retry_wait("token request", &url, &mut retries, None, error)
+                        .await?;
                 }
             }
         }
