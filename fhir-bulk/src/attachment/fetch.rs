@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use url::Url;
 
 /// How often (in bytes written) the sidecar is brought up to date.
-const SIDECAR_EVERY: u64 = 256 * 1024;
+const SIDECAR_EVERY: u64 = 64 * 1024;
 
 /// The sidecar of an attachment's `.part`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +69,15 @@ fn io(action: &'static str, path: &Path, source: std::io::Error) -> AttachmentEr
         path: path.display().to_string(),
         source,
     }
+}
+
+/// Writes the sidecar whole or not at all (a new file renamed over the old), in place rather
+/// than on the blocking pool: a dropped future leaves no write behind it, so the sidecar never
+/// claims more than the `.part` holds.
+fn write_sidecar(sidecar: &Path, state: &Resume) -> std::io::Result<()> {
+    let tmp = with_suffix(sidecar, ".new");
+    std::fs::write(&tmp, serde_json::to_vec(state).unwrap_or_default())?;
+    std::fs::rename(&tmp, sidecar)
 }
 
 async fn read_resume(part: &Path, sidecar: &Path, url: &str) -> Option<Resume> {
@@ -165,7 +174,26 @@ async fn download(
     futures::pin_mut!(body);
     let mut recorded = written;
     while let Some(event) = body.next().await {
-        match event.map_err(|e| AttachmentError::Download(Box::new(e)))? {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                // What the `.part` holds can be continued by the next run.
+                if written > recorded
+                    && let Some(validator) = &validator
+                    && file.flush().await.is_ok()
+                {
+                    let state = Resume {
+                        version: RESUME_VERSION,
+                        url: shown.to_owned(),
+                        offset: written,
+                        validator: validator.clone(),
+                    };
+                    let _ = write_sidecar(sidecar, &state);
+                }
+                return Err(AttachmentError::Download(Box::new(e)));
+            }
+        };
+        match event {
             BodyEvent::Data(data) => {
                 written += data.len() as u64;
                 if written > fetch.limit {
@@ -187,10 +215,7 @@ async fn download(
                         offset: written,
                         validator: validator.clone(),
                     };
-                    // In place (not on the blocking pool): a dropped future leaves no write
-                    // behind it, so the sidecar never claims more than the `.part` holds.
-                    std::fs::write(sidecar, serde_json::to_vec(&state).unwrap_or_default())
-                        .map_err(|e| io("writing", sidecar, e))?;
+                    write_sidecar(sidecar, &state).map_err(|e| io("writing", sidecar, e))?;
                     recorded = written;
                 }
             }
