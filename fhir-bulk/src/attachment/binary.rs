@@ -135,7 +135,7 @@ impl<R: Read> Bytes<R> {
             return Ok(Err(Malformed("a value is missing")));
         };
         match first {
-            b'"' => return Ok(self.string(0).map(|r| r.map(|_| ()))?),
+            b'"' => return self.string(0).map(|r| r.map(|_| ())),
             b'{' | b'[' => {
                 let mut depth = 1usize;
                 while depth > 0 {
