@@ -500,3 +500,15 @@ async fn gzip_data_files_stay_gzip_and_unsupported_urls_are_skipped() {
     assert!(text.contains("attachments/DocumentReference/d0.0.txt"));
     assert!(text.contains("urn:uuid:1"));
 }
+
+#[test]
+fn the_futures_are_send() {
+    fn send<T: Send>(_: T) {}
+    let client = BulkClient::builder("http://127.0.0.1:1/fhir")
+        .build()
+        .unwrap();
+    let options = AttachmentOptions::save();
+    let saved = fhir_bulk::download::SaveReport::default();
+    send(client.save_attachments(Path::new("x.ndjson"), &options));
+    send(client.save_export_attachments(&saved, &options));
+}
