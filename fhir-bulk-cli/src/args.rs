@@ -262,6 +262,51 @@ pub(crate) struct OutputArgs {
     pub(crate) verbose: u8,
 }
 
+/// `--attachments`.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum AttachmentsArg {
+    /// Leave attachments alone.
+    #[default]
+    Off,
+    /// Download them into attachments/ beside the data and point the resources at the files.
+    Save,
+    /// Only inline: small ones of the allowed types become base64 `data`; others are left.
+    Inline,
+}
+
+/// What is done with DocumentReference and DiagnosticReport attachments.
+#[derive(Args, Clone, Default)]
+pub(crate) struct AttachmentArgs {
+    /// DocumentReference.content and DiagnosticReport.presentedForm attachments with a URL:
+    /// `save` downloads them (token only to the FHIR server's and trusted origins, size and
+    /// hash checked) into attachments/ beside the data and points each `url` at its file;
+    /// `inline` only inlines small ones as base64 `data` (the `url` is kept); `off` leaves
+    /// them alone.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        default_value_t = AttachmentsArg::Off,
+        help_heading = "Attachments"
+    )]
+    pub(crate) attachments: AttachmentsArg,
+
+    /// Inline attachments of fewer bytes than this, of the --inline-attachment-types
+    /// [default: 1048576 with --attachments inline; 0 (none) with save].
+    #[arg(long, value_name = "BYTES", help_heading = "Attachments")]
+    pub(crate) inline_attachments_smaller_than: Option<u64>,
+
+    /// The MIME types inlined, comma-separated (`text/*` allowed) [default:
+    /// text/plain,text/html,application/xhtml+xml].
+    #[arg(
+        long,
+        value_name = "MIME,..",
+        value_delimiter = ',',
+        help_heading = "Attachments"
+    )]
+    pub(crate) inline_attachment_types: Vec<String>,
+}
+
 /// `fhir-bulk export`.
 #[derive(Args, Clone)]
 pub(crate) struct ExportArgs {
@@ -422,6 +467,10 @@ pub(crate) struct ExportArgs {
     #[command(flatten)]
     pub(crate) output: OutputArgs,
 
+    /// Attachments.
+    #[command(flatten)]
+    pub(crate) attachments: AttachmentArgs,
+
     /// Leave the job on the server after a complete download (no DELETE).
     #[arg(long, help_heading = "Transfer")]
     pub(crate) keep_job: bool,
@@ -498,6 +547,10 @@ pub(crate) struct DownloadArgs {
     /// Files and terminal output.
     #[command(flatten)]
     pub(crate) output: OutputArgs,
+
+    /// Attachments.
+    #[command(flatten)]
+    pub(crate) attachments: AttachmentArgs,
 
     /// With a status URL: leave the job on the server after a complete download (no DELETE).
     #[arg(long, help_heading = "Transfer")]

@@ -63,6 +63,7 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<(), CliError> {
         },
         output_dir: args.output_dir.clone(),
         output: args.output.clone(),
+        attachments: Default::default(),
         keep_job: false,
         fresh: true,
     };

@@ -161,11 +161,21 @@ pub(crate) async fn run(args: &DownloadArgs) -> Result<(), CliError> {
         }
         (client, export, None)
     };
-    let report = transfer::download(
+    let mut report = transfer::download(
         &client,
         &export,
         dir,
         &args.output,
+        &mut state,
+        &log,
+        &reporter,
+    )
+    .await?;
+    report.attachments = crate::attachments::run(
+        &client,
+        dir,
+        &args.attachments,
+        &report,
         &mut state,
         &log,
         &reporter,

@@ -116,7 +116,17 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
             |m| crate::escape::server_text(&m.transaction_time)
         )
     ));
-    let report = downloads.finish(&export, &mut state).await?;
+    let mut report = downloads.finish(&export, &mut state).await?;
+    report.attachments = crate::attachments::run(
+        &client,
+        dir,
+        &args.attachments,
+        &report,
+        &mut state,
+        &log,
+        &reporter,
+    )
+    .await?;
     let issues = transfer::conclude(
         &report,
         dir,

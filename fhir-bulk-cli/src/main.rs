@@ -28,6 +28,7 @@
 //! [`out`] and [`error`] (exit codes).
 
 mod args;
+mod attachments;
 mod auth;
 mod client;
 mod cloud;

@@ -34,6 +34,8 @@ pub(crate) struct TransferReport {
     pub(crate) failures: Vec<(String, Error)>,
     /// How long the downloads took.
     pub(crate) elapsed: std::time::Duration,
+    /// Attachments in place after the attachment pass (`--attachments`).
+    pub(crate) attachments: u64,
 }
 
 /// The library's save options for the output flags.
@@ -370,7 +372,7 @@ pub(crate) fn conclude(
             "files": state.state.files.len(),
             "resources": state.state.files.values().map(|f| f.resources).sum::<u64>(),
             "bytes": state.state.files.values().map(|f| f.data_bytes).sum::<u64>(),
-            "attachments": 0,
+            "attachments": report.attachments,
             "duration": started.elapsed().as_millis() as u64,
         }),
     );

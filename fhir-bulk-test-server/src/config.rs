@@ -22,6 +22,8 @@ pub(crate) struct Config {
     pub(crate) deleted: u64,
     pub(crate) faults: Vec<Fault>,
     pub(crate) partial_manifests: bool,
+    /// DocumentReferences per patient, with DiagnosticReports, when attachments are on.
+    pub(crate) attachments: Option<u64>,
 }
 
 impl Default for Config {
@@ -46,6 +48,7 @@ impl Default for Config {
             deleted: 0,
             faults: Vec::new(),
             partial_manifests: false,
+            attachments: None,
         }
     }
 }
@@ -66,6 +69,10 @@ pub enum FaultTarget {
     /// Downloads of the file at this 0-based index of the manifest's `output`
     /// array, in any job.
     FileIndex(usize),
+    /// `GET Binary/{id}` of this Binary id, e.g. `"b-doc-4"` (never a file target).
+    Binary(String),
+    /// Every `GET Binary/{id}`.
+    AllBinaries,
 }
 
 /// What a [`Fault`] does to a request it applies to.
@@ -219,6 +226,12 @@ impl Fault {
         self.on(FaultTarget::FileIndex(index))
     }
 
+    /// Apply to `GET Binary/{id}` of this Binary id (an attachment), e.g. `"b-doc-4"`.
+    #[must_use]
+    pub fn on_binary(self, id: impl Into<String>) -> Self {
+        self.on(FaultTarget::Binary(id.into()))
+    }
+
     /// Apply to the given target.
     #[must_use]
     pub fn on(mut self, target: FaultTarget) -> Self {
@@ -257,6 +270,8 @@ impl Fault {
             (FaultTarget::FileIndex(want), FaultSite::File { output_index, .. }) => {
                 *output_index == Some(*want)
             }
+            (FaultTarget::Binary(want), FaultSite::Binary { id }) => want == id,
+            (FaultTarget::AllBinaries, FaultSite::Binary { .. }) => true,
             _ => false,
         }
     }
@@ -270,5 +285,8 @@ pub(crate) enum FaultSite<'a> {
     File {
         name: &'a str,
         output_index: Option<usize>,
+    },
+    Binary {
+        id: &'a str,
     },
 }

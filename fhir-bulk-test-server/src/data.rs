@@ -27,14 +27,18 @@ pub(crate) enum Kind {
     Observation,
     Condition,
     Encounter,
+    DocumentReference,
+    DiagnosticReport,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 4] = [
+    pub(crate) const ALL: [Kind; 6] = [
         Kind::Patient,
         Kind::Observation,
         Kind::Condition,
         Kind::Encounter,
+        Kind::DocumentReference,
+        Kind::DiagnosticReport,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -43,6 +47,8 @@ impl Kind {
             Kind::Observation => "Observation",
             Kind::Condition => "Condition",
             Kind::Encounter => "Encounter",
+            Kind::DocumentReference => "DocumentReference",
+            Kind::DiagnosticReport => "DiagnosticReport",
         }
     }
 
@@ -56,6 +62,8 @@ impl Kind {
             Kind::Observation => 0x4f42_5345_5256_4154,
             Kind::Condition => 0x434f_4e44_4954_494f,
             Kind::Encounter => 0x454e_434f_554e_5445,
+            Kind::DocumentReference => 0x444f_4352_4546_4552,
+            Kind::DiagnosticReport => 0x4449_4147_5245_504f,
         }
     }
 
@@ -65,6 +73,8 @@ impl Kind {
             Kind::Observation => "obs",
             Kind::Condition => "cond",
             Kind::Encounter => "enc",
+            Kind::DocumentReference => "doc",
+            Kind::DiagnosticReport => "rep",
         }
     }
 
@@ -77,6 +87,8 @@ impl Kind {
             Kind::Observation => 730,
             Kind::Condition => 730,
             Kind::Encounter => 640,
+            Kind::DocumentReference => 1000,
+            Kind::DiagnosticReport => 1000,
         }
     }
 
@@ -86,6 +98,8 @@ impl Kind {
             Kind::Observation => 8,
             Kind::Condition => 2,
             Kind::Encounter => 3,
+            Kind::DocumentReference => 2,
+            Kind::DiagnosticReport => 1,
         }
     }
 }
@@ -633,6 +647,81 @@ fn write_encounter(out: &mut String, rng: &mut Rng, index: u64, patient: u64, le
     pad(out, rng, start, at, len);
 }
 
+/// The `Attachment` of resource `index` of `kind` (see the `attachments` module).
+fn write_attachment(out: &mut String, seed: u64, kind: Kind, index: u64, base: &str) {
+    let Some((info, _)) = super::attachments::binary_of(seed, kind, index) else {
+        return;
+    };
+    let url = if info.absolute {
+        format!("{base}Binary/{}", info.id)
+    } else {
+        format!("Binary/{}", info.id)
+    };
+    w!(
+        out,
+        r#"{{"contentType":"{}","url":"{url}","size":{},"hash":"{}","title":"{} of {}"}}"#,
+        info.content_type,
+        info.size,
+        info.hash,
+        if info.is_large() {
+            "Scanned document"
+        } else {
+            "Note"
+        },
+        info.resource
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_document_reference(
+    out: &mut String,
+    rng: &mut Rng,
+    seed: u64,
+    index: u64,
+    patient: u64,
+    len: u64,
+    base: &str,
+) {
+    let start = out.len();
+    write_head(out, Kind::DocumentReference, index, rng);
+    let when = DateTime(clinical_time(rng));
+    w!(out, "Clinical document of {when}. ");
+    let at = out.len();
+    w!(
+        out,
+        r#"{DIV_CLOSE}"status":"current","type":{{"coding":[{{"system":"http://loinc.org","code":"11506-3","display":"Progress note"}}]}},"subject":{{"reference":"Patient/p-{}"}},"date":"{when}","content":[{{"attachment":"#,
+        patient + 1,
+    );
+    write_attachment(out, seed, Kind::DocumentReference, index, base);
+    out.push_str("}]}");
+    pad(out, rng, start, at, len);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_diagnostic_report(
+    out: &mut String,
+    rng: &mut Rng,
+    seed: u64,
+    index: u64,
+    patient: u64,
+    len: u64,
+    base: &str,
+) {
+    let start = out.len();
+    write_head(out, Kind::DiagnosticReport, index, rng);
+    let when = DateTime(clinical_time(rng));
+    w!(out, "Laboratory report of {when}. ");
+    let at = out.len();
+    w!(
+        out,
+        r#"{DIV_CLOSE}"status":"final","code":{{"coding":[{{"system":"http://loinc.org","code":"11502-2","display":"Laboratory report"}}]}},"subject":{{"reference":"Patient/p-{}"}},"effectiveDateTime":"{when}","presentedForm":["#,
+        patient + 1,
+    );
+    write_attachment(out, seed, Kind::DiagnosticReport, index, base);
+    out.push_str("]}");
+    pad(out, rng, start, at, len);
+}
+
 // ---------------------------------------------------------------------------
 // Other line kinds
 
@@ -721,6 +810,8 @@ struct Inner {
     patients: u64,
     types: Vec<TypeData>,
     max_per_file: Option<u64>,
+    /// The FHIR base (absolute attachment URLs start with it).
+    base: String,
 }
 
 /// The synthetic data a [`TestServer`](super::TestServer) exports.
@@ -773,16 +864,26 @@ pub(crate) enum Content {
 }
 
 impl Dataset {
-    pub(crate) fn new(config: &Config) -> std::io::Result<Dataset> {
+    pub(crate) fn new(config: &Config, base: &str) -> std::io::Result<Dataset> {
         let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg);
         if config.max_resources_per_file == Some(0) {
             return Err(invalid("max_resources_per_file must be at least 1".into()));
         }
         let mut types: Vec<TypeData> = Vec::new();
-        for name in &config.resource_types {
+        let mut names = config.resource_types.clone();
+        let mut per_patient_config = config.per_patient.clone();
+        if let Some(n) = config.attachments {
+            for name in ["DocumentReference", "DiagnosticReport"] {
+                if !names.iter().any(|t| t == name) {
+                    names.push(name.to_owned());
+                }
+            }
+            per_patient_config.insert(0, ("DocumentReference".to_owned(), n));
+        }
+        for name in &names {
             let kind = Kind::from_name(name).ok_or_else(|| {
                 invalid(format!(
-                    "the test server cannot generate {name:?} resources; supported: Patient, Observation, Condition, Encounter"
+                    "the test server cannot generate {name:?} resources; supported: Patient, Observation, Condition, Encounter, DocumentReference, DiagnosticReport"
                 ))
             })?;
             if types.iter().any(|t| t.kind == kind) {
@@ -791,8 +892,7 @@ impl Dataset {
             let per_patient = if kind == Kind::Patient {
                 1
             } else {
-                config
-                    .per_patient
+                per_patient_config
                     .iter()
                     .rev()
                     .find(|(n, _)| n == name)
@@ -826,6 +926,7 @@ impl Dataset {
                 patients: config.patients,
                 types,
                 max_per_file: config.max_resources_per_file,
+                base: base.to_owned(),
             }),
         })
     }
@@ -872,6 +973,35 @@ impl Dataset {
             start: 0,
             end: self.inner.types[ty].count,
         }))
+    }
+
+    /// The attachments the `DocumentReference` and `DiagnosticReport` resources point at,
+    /// in resource order (see
+    /// [`TestServerBuilder::attachments`](super::TestServerBuilder::attachments)).
+    pub fn binaries(&self) -> Vec<super::BinaryInfo> {
+        let mut out = Vec::new();
+        for t in &self.inner.types {
+            for index in 0..t.count {
+                if let Some((info, _)) =
+                    super::attachments::binary_of(self.inner.seed, t.kind, index)
+                {
+                    out.push(info);
+                }
+            }
+        }
+        out
+    }
+
+    /// The content of `Binary/{id}` (e.g. `b-doc-1`), as served raw.
+    pub fn binary_content(&self, id: &str) -> Option<Vec<u8>> {
+        self.binaries().into_iter().find(|b| b.id == id)?;
+        let (kind, n) = if let Some(n) = id.strip_prefix("b-doc-") {
+            (Kind::DocumentReference, n)
+        } else {
+            (Kind::DiagnosticReport, id.strip_prefix("b-rep-")?)
+        };
+        let index = n.parse::<u64>().ok()?.checked_sub(1)?;
+        super::attachments::binary_of(self.inner.seed, kind, index).map(|(_, bytes)| bytes)
     }
 
     pub(crate) fn seed(&self) -> u64 {
@@ -983,6 +1113,24 @@ impl Dataset {
                     Kind::Observation => write_observation(out, &mut rng, index, patient, len),
                     Kind::Condition => write_condition(out, &mut rng, index, patient, len),
                     Kind::Encounter => write_encounter(out, &mut rng, index, patient, len),
+                    Kind::DocumentReference => write_document_reference(
+                        out,
+                        &mut rng,
+                        seed,
+                        index,
+                        patient,
+                        len,
+                        &self.inner.base,
+                    ),
+                    Kind::DiagnosticReport => write_diagnostic_report(
+                        out,
+                        &mut rng,
+                        seed,
+                        index,
+                        patient,
+                        len,
+                        &self.inner.base,
+                    ),
                 }
             }
             LineRef::Header { patient } => write_header(out, patient),
@@ -1193,7 +1341,12 @@ mod tests {
             let mut longest = 0;
             for seed in 0..4u64 {
                 // Ids of up to 10 digits: more than 10^10 resources is not a test.
-                for index in (0..3000u64).chain(9_999_997_000..9_999_999_999) {
+                // Attachments hash their content: fewer of them.
+                let (low, high) = match kind {
+                    Kind::DocumentReference | Kind::DiagnosticReport => (40, 9_999_999_960),
+                    _ => (3000, 9_999_997_000),
+                };
+                for index in (0..low).chain(high..9_999_999_999) {
                     let mut out = String::new();
                     let mut rng = resource_rng(seed, kind, index);
                     // len 0: no filler at all
@@ -1202,6 +1355,24 @@ mod tests {
                         Kind::Observation => write_observation(&mut out, &mut rng, index, index, 0),
                         Kind::Condition => write_condition(&mut out, &mut rng, index, index, 0),
                         Kind::Encounter => write_encounter(&mut out, &mut rng, index, index, 0),
+                        Kind::DocumentReference => write_document_reference(
+                            &mut out,
+                            &mut rng,
+                            seed,
+                            index,
+                            index,
+                            0,
+                            "http://127.0.0.1:65535/fhir/",
+                        ),
+                        Kind::DiagnosticReport => write_diagnostic_report(
+                            &mut out,
+                            &mut rng,
+                            seed,
+                            index,
+                            index,
+                            0,
+                            "http://127.0.0.1:65535/fhir/",
+                        ),
                     }
                     longest = longest.max(out.len() as u64);
                 }

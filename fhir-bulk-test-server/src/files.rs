@@ -259,7 +259,7 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 
 /// A single byte range from a `Range` header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ByteRange {
+pub(crate) enum ByteRange {
     /// `bytes=N-` or `bytes=N-M`.
     From(u64, Option<u64>),
     /// `bytes=-N`: the last N bytes.
@@ -268,7 +268,7 @@ enum ByteRange {
 
 /// Parses `bytes=N-`, `bytes=N-M` or `bytes=-N`. Anything else (other units,
 /// several ranges, bad syntax) is ignored, i.e. the whole file is sent.
-fn parse_range(value: &str) -> Option<ByteRange> {
+pub(crate) fn parse_range(value: &str) -> Option<ByteRange> {
     let spec = value.trim().strip_prefix("bytes=")?.trim();
     if spec.contains(',') {
         return None;
@@ -288,7 +288,7 @@ fn parse_range(value: &str) -> Option<ByteRange> {
 
 /// The inclusive byte span of `range` in a representation of `total` bytes,
 /// or `None` if it is unsatisfiable.
-fn resolve(range: ByteRange, total: u64) -> Option<(u64, u64)> {
+pub(crate) fn resolve(range: ByteRange, total: u64) -> Option<(u64, u64)> {
     match range {
         ByteRange::From(first, last) if first < total => {
             Some((first, last.unwrap_or(u64::MAX).min(total - 1)))

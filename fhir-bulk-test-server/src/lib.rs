@@ -11,6 +11,7 @@
 //! | `GET jobs/{id}` | `202` + `X-Progress` + `Retry-After` a configurable number of times, then `200` with the manifest and an `Expires` header |
 //! | `DELETE jobs/{id}` | `202`; afterwards the job and its files answer `404` |
 //! | `GET files/{job}/{name}` | NDJSON (`application/fhir+ndjson`), optionally gzip-encoded, with `ETag`, `Range`/`If-Range` support |
+//! | `GET Binary/{id}` | the attachments of [`TestServerBuilder::attachments`]: raw bytes, or a FHIR `Binary` for `Accept: application/fhir+json`; `ETag`, `Range`/`If-Range` |
 //!
 //! Every error answer carries a FHIR `OperationOutcome` (`application/fhir+json`).
 //! Other kick-off parameters (`_since`, `_typeFilter`, `patient`, `_elements`,
@@ -90,6 +91,7 @@
 //! bytes N-M/TOTAL`. Full gzip answers have no `Content-Length` (chunked);
 //! identity answers always have one.
 
+mod attachments;
 mod config;
 mod data;
 mod files;
@@ -110,6 +112,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use url::Url;
 
+pub use attachments::BinaryInfo;
 pub use config::{Fault, FaultKind, FaultTarget};
 pub use data::{Dataset, Lines};
 
@@ -423,6 +426,17 @@ impl TestServerBuilder {
         self
     }
 
+    /// Export `DocumentReference` (`n` per patient) and `DiagnosticReport` (one per patient,
+    /// or as [`TestServerBuilder::resources_per_patient`] says) resources with attachments,
+    /// served at `GET Binary/{id}`: relative and absolute URLs, short `text/plain` notes and
+    /// 200 KiB `application/pdf` documents, each with `size` and `hash`. See
+    /// [`Dataset::binaries`] and the `attachments` module docs. Default off.
+    #[must_use]
+    pub fn attachments(mut self, n: u64) -> Self {
+        self.config.attachments = Some(n);
+        self
+    }
+
     /// Add a fault (see [`Fault`]); faults fire in the order added.
     #[must_use]
     pub fn fault(mut self, fault: Fault) -> Self {
@@ -437,10 +451,10 @@ impl TestServerBuilder {
     /// type, a `file_bytes` type that is not exported, or a zero
     /// `max_resources_per_file`.
     pub async fn start(self) -> io::Result<TestServer> {
-        let dataset = Dataset::new(&self.config)?;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let base = Url::parse(&format!("http://{addr}/fhir/")).map_err(io::Error::other)?;
+        let dataset = Dataset::new(&self.config, base.as_str())?;
         let shared = Arc::new(Shared::new(self.config, dataset, base));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(server::serve(

@@ -185,6 +185,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/fhir/metadata", get(metadata))
         .route("/fhir/jobs/{id}", get(jobs::status).delete(jobs::delete))
         .route("/fhir/files/{job}/{name}", get(files::download))
+        .route("/fhir/Binary/{id}", get(super::attachments::binary))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

@@ -74,6 +74,7 @@
 //! `fhir-bulk = { version = "0.1", default-features = false, features = ["rustls-ring"] }`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod attachment;
 pub mod auth;
 mod capability;
 mod client;
@@ -96,6 +97,7 @@ mod tls;
 mod transport;
 mod validate;
 
+pub use attachment::{AttachmentMode, AttachmentOptions, AttachmentReport};
 pub use capability::CapabilityStatement;
 pub use client::{BulkClient, BulkClientBuilder, DEFAULT_USER_AGENT, HttpOptions};
 pub use download::{DownloadOptions, InvalidLines, Record, RecordStream};

@@ -50,6 +50,8 @@ pub(crate) struct FileRequest {
     /// `If-Range` and `Accept-Encoding: identity`; a `200` instead is announced by a
     /// [`BodyEvent::Restart`].
     pub(crate) resume: Option<ResumeFrom>,
+    /// The `Accept` header, when not `application/fhir+ndjson` (attachments).
+    pub(crate) accept: Option<HeaderValue>,
 }
 
 /// Where an earlier process stopped reading a file.
@@ -163,6 +165,9 @@ impl Source {
             .what("download")
             .header(ACCEPT, "application/fhir+ndjson")
             .header(ACCEPT_ENCODING, "gzip");
+        if let Some(accept) = &self.request.accept {
+            call.headers.insert(ACCEPT, accept.clone());
+        }
         call.token = self.request.token;
         call.client = ClientKind::Download;
         self.resuming = self.received > 0 && self.ranges && self.decoder.is_some();

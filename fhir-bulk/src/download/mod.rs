@@ -6,12 +6,13 @@
 //! length, whatever the file size. Parsing happens as the caller pulls items, one chunk at a
 //! time, so no single poll of a stream blocks the runtime for long.
 
-mod body;
+pub(crate) mod body;
 mod decode;
 mod expiry;
 mod lines;
 mod save;
 
+pub(crate) use save::keeps_part;
 pub use save::{
     FailedFile, SaveEvent, SaveHook, SaveOptions, SaveProgress, SaveReport, SaveWarning, SavedFile,
     SkipFn, file_names,
@@ -165,6 +166,7 @@ pub(crate) fn request_for(client: &BulkClient, file: &ExportFile) -> Result<File
             token: TokenUse::Required,
             expires: file.expires,
             resume: None,
+            accept: None,
         });
     }
     Ok(FileRequest {
@@ -176,6 +178,7 @@ pub(crate) fn request_for(client: &BulkClient, file: &ExportFile) -> Result<File
         },
         expires: file.expires,
         resume: None,
+        accept: None,
     })
 }
 
