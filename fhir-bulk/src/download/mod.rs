@@ -11,11 +11,13 @@ mod decode;
 mod expiry;
 mod lines;
 mod save;
+mod saver;
 
 pub use save::{
     FailedFile, SaveEvent, SaveHook, SaveOptions, SaveProgress, SaveReport, SaveWarning, SavedFile,
     SkipFn, file_names,
 };
+pub use saver::{SaveResult, Saver};
 
 use crate::client::BulkClient;
 use crate::error::{Error, LineErrorKind, Result};
