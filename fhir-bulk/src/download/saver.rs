@@ -320,3 +320,112 @@ fn abnormal(path: &Path, message: &str) -> Error {
         source: std::io::Error::other(format!("the task ended abnormally: {message}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ExportRequest;
+    use crate::download::file_names;
+    use fhir_bulk_test_server::TestServer;
+    use std::sync::{Arc, Mutex};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_pushed_while_others_run_are_all_saved_once_and_final() {
+        let server = TestServer::builder()
+            .patients(30)
+            .resource_types(["Patient", "Observation"])
+            .max_resources_per_file(10)
+            .polls_before_complete(0)
+            .start()
+            .await
+            .unwrap();
+        let client = BulkClient::builder(server.base_url().as_str())
+            .build()
+            .unwrap();
+        let export = client
+            .kick_off(&ExportRequest::system())
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+        let names = file_names(&export, false);
+        assert!(names.len() > 4, "{} files", names.len());
+        let dir = tempfile::tempdir().unwrap();
+        let events: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = events.clone();
+        let options = SaveOptions::default()
+            .with_download(DownloadOptions::default().with_concurrency(2))
+            .with_on_file(move |event| {
+                let text = match event {
+                    SaveEvent::Started { path, .. } => format!("start {}", path.display()),
+                    SaveEvent::Finished(saved) => {
+                        // Told only once the file is final.
+                        assert!(saved.path.exists());
+                        format!("done {}", saved.path.display())
+                    }
+                    SaveEvent::Failed { path, .. } => format!("failed {}", path.display()),
+                };
+                seen.lock().unwrap().push(text);
+            });
+        let mut saver = Saver::new(&client, dir.path(), options);
+        let (first, later) = names.split_at(2);
+        for (file, name) in first {
+            saver.push(file.clone(), name);
+        }
+        let mut results = Vec::new();
+        results.push(saver.next().await.unwrap());
+        for (file, name) in later {
+            saver.push(file.clone(), name);
+        }
+        assert_eq!(saver.pending(), names.len() - 1);
+        while let Some(done) = saver.next().await {
+            results.push(done);
+        }
+        assert!(saver.is_empty());
+        assert_eq!(results.len(), names.len());
+        let mut indexes: Vec<usize> = results.iter().map(|r| r.index).collect();
+        indexes.sort_unstable();
+        assert_eq!(indexes, (0..names.len()).collect::<Vec<_>>());
+        for done in &results {
+            let saved = done.result.as_ref().unwrap();
+            assert_eq!(saved.path, done.path);
+            let expected: Vec<String> = server.file_lines(&saved.url).unwrap().collect();
+            let text = std::fs::read_to_string(&saved.path).unwrap();
+            assert_eq!(text.lines().collect::<Vec<_>>(), expected);
+            let mut part = saved.path.as_os_str().to_owned();
+            part.push(".part");
+            assert!(!Path::new(&part).exists());
+        }
+        let events = events.lock().unwrap();
+        assert_eq!(events.len(), 2 * names.len());
+        assert_eq!(
+            events.iter().filter(|e| e.starts_with("done")).count(),
+            names.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_skipped_file_comes_back_without_a_download() {
+        let client = BulkClient::builder("http://127.0.0.1:9/").build().unwrap();
+        let export = crate::CompletedExport::from_manifests(
+            url::Url::parse("http://127.0.0.1:9/status").unwrap(),
+            vec![
+                crate::manifest::Manifest::from_slice(
+                    br#"{"transactionTime":"2024-01-01T00:00:00Z","request":"http://127.0.0.1:9/$export","requiresAccessToken":false,"output":[{"type":"Patient","url":"http://127.0.0.1:9/f/1"}],"error":[]}"#,
+                    "manifest.json",
+                )
+                .unwrap(),
+            ],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let options = SaveOptions::default().with_skip(|_, _| true);
+        let mut saver = Saver::new(&client, dir.path(), options);
+        for (file, name) in file_names(&export, false) {
+            saver.push(file, name);
+        }
+        let done = saver.next().await.unwrap();
+        assert!(done.result.unwrap().skipped);
+        assert!(saver.next().await.is_none());
+    }
+}
