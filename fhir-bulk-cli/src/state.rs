@@ -829,6 +829,8 @@ mod tests {
         for name in [
             "Patient.1.ndjson",
             "error/OperationOutcome.1.ndjson",
+            "Patient.2.ndjson.part",
+            "Patient.2.ndjson.part.resume",
             "manifest.json",
             "x.txt",
         ] {
@@ -836,7 +838,12 @@ mod tests {
         }
         assert_eq!(
             export_like_files(dir.path()),
-            ["Patient.1.ndjson", "error/OperationOutcome.1.ndjson"]
+            [
+                "Patient.1.ndjson",
+                "Patient.2.ndjson.part",
+                "Patient.2.ndjson.part.resume",
+                "error/OperationOutcome.1.ndjson"
+            ]
         );
     }
 
