@@ -184,12 +184,7 @@ impl Reporter {
     }
 
     fn line(&self, message: &str) {
-        let message = escape(message);
-        match self.bars.as_ref().and_then(|bars| lock(&bars.bar).clone()) {
-            Some(bar) => bar.suspend(|| out::err(&message)),
-            None if self.bars.is_some() => out::err(&message),
-            None => out::err(&format!("{} {message}", time::now())),
-        }
+        line_on(self.bars.as_ref(), message);
     }
 
     /// A milestone: always shown.
@@ -323,34 +318,23 @@ impl Reporter {
     }
 
     /// One file starts downloading.
+    #[cfg(test)]
     pub(crate) fn file(&self, name: &str, count: Option<u64>, size: Option<u64>) -> FileProgress {
-        self.detail(&format!("downloading {name}"));
-        let aggregate = self.totals.aggregate.load(Ordering::Relaxed);
-        let id = self.bars.as_ref().filter(|_| !aggregate).map(|bars| {
-            let mut board = lock(&bars.board);
-            board.next_id += 1;
-            let id = board.next_id;
-            board.active.push(Active {
-                id,
-                name: escape(name).into_owned(),
-                size,
-                count,
-                bytes: 0,
-                lines: 0,
-                started: Instant::now(),
-            });
-            id
-        });
-        FileProgress {
+        self.starter().file(name, count, size)
+    }
+
+    /// What starts file lines from the library's per-file hook (`'static`, unlike the
+    /// reporter).
+    pub(crate) fn starter(&self) -> FileStarter {
+        FileStarter {
             bars: self.bars.clone(),
             totals: self.totals.clone(),
-            id,
-            seen: Arc::new((AtomicU64::new(0), AtomicU64::new(0))),
+            verbose: self.verbosity >= Verbosity::Verbose,
         }
     }
 
-    fn forget(&self, progress: &FileProgress) {
-        if let (Some(bars), Some(id)) = (&self.bars, progress.id) {
+    fn forget(&self, progress: Option<&FileProgress>) {
+        if let (Some(bars), Some(id)) = (&self.bars, progress.and_then(|p| p.id)) {
             lock(&bars.board).active.retain(|f| f.id != id);
         }
     }
@@ -358,7 +342,7 @@ impl Reporter {
     /// A file is complete.
     pub(crate) fn file_done(
         &self,
-        progress: &FileProgress,
+        progress: Option<&FileProgress>,
         name: &str,
         resources: u64,
         bytes: u64,
@@ -395,7 +379,7 @@ impl Reporter {
     }
 
     /// A file failed.
-    pub(crate) fn file_failed(&self, progress: &FileProgress, name: &str, message: &str) {
+    pub(crate) fn file_failed(&self, progress: Option<&FileProgress>, name: &str, message: &str) {
         self.forget(progress);
         self.render(true);
         self.warn(&format!("{name} failed: {message}"));
@@ -407,6 +391,16 @@ impl Reporter {
             lock(&bars.board).active.clear();
         }
         self.clear_bar();
+    }
+}
+
+/// Prints a line above the bar when there is one, else as a plain timestamped line.
+fn line_on(bars: Option<&Arc<Bars>>, message: &str) {
+    let message = escape(message);
+    match bars.and_then(|bars| lock(&bars.bar).clone()) {
+        Some(bar) => bar.suspend(|| out::err(&message)),
+        None if bars.is_some() => out::err(&message),
+        None => out::err(&format!("{} {message}", time::now())),
     }
 }
 
@@ -441,6 +435,47 @@ fn render(bars: &Bars, totals: &Totals, force: bool) {
 impl Drop for Reporter {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+/// Starts the progress of files as the library starts them: a clone of the reporter's bar and
+/// totals.
+#[derive(Debug, Clone)]
+pub(crate) struct FileStarter {
+    bars: Option<Arc<Bars>>,
+    totals: Arc<Totals>,
+    /// `-v`: a line per file started.
+    verbose: bool,
+}
+
+impl FileStarter {
+    /// One file starts downloading: its line on the bar (unless there are too many files).
+    pub(crate) fn file(&self, name: &str, count: Option<u64>, size: Option<u64>) -> FileProgress {
+        if self.verbose {
+            line_on(self.bars.as_ref(), &format!("downloading {name}"));
+        }
+        let aggregate = self.totals.aggregate.load(Ordering::Relaxed);
+        let id = self.bars.as_ref().filter(|_| !aggregate).map(|bars| {
+            let mut board = lock(&bars.board);
+            board.next_id += 1;
+            let id = board.next_id;
+            board.active.push(Active {
+                id,
+                name: escape(name).into_owned(),
+                size,
+                count,
+                bytes: 0,
+                lines: 0,
+                started: Instant::now(),
+            });
+            id
+        });
+        FileProgress {
+            bars: self.bars.clone(),
+            totals: self.totals.clone(),
+            id,
+            seen: Arc::new((AtomicU64::new(0), AtomicU64::new(0))),
+        }
     }
 }
 
@@ -490,7 +525,7 @@ mod tests {
         let f = r.file("Patient.1.ndjson", Some(3), None);
         f.update(2, 100);
         f.update(3, 150);
-        r.file_done(&f, "Patient.1.ndjson", 3, 150);
+        r.file_done(Some(&f), "Patient.1.ndjson", 3, 150);
         assert_eq!(r.totals.data_bytes.load(Ordering::Relaxed), 150);
         assert_eq!(r.totals.resources.load(Ordering::Relaxed), 3);
         r.finish();
@@ -503,7 +538,7 @@ mod tests {
         let f = r.file("Observation.1.ndjson", None, Some(1000));
         assert!(f.id.is_none(), "no line per file");
         f.update(4, 1000);
-        r.file_done(&f, "Observation.1.ndjson", 4, 1000);
+        r.file_done(Some(&f), "Observation.1.ndjson", 4, 1000);
         assert_eq!(r.totals.done.load(Ordering::Relaxed), 1);
         r.finish();
         let r = Reporter::with(true, Verbosity::Normal);
@@ -512,7 +547,7 @@ mod tests {
         assert!(f.id.is_some());
         let bars = r.bars.as_ref().unwrap();
         assert_eq!(lock(&bars.board).active.len(), 1);
-        r.file_failed(&f, "Patient.1.ndjson", "cut");
+        r.file_failed(Some(&f), "Patient.1.ndjson", "cut");
         assert!(lock(&bars.board).active.is_empty());
         r.finish();
         assert!(lock(&bars.bar).is_none(), "finish clears the bar");
@@ -546,7 +581,7 @@ mod tests {
         r.downloads(2);
         let f = r.file("Observation.1.ndjson", None, Some(1000));
         f.update(1, 500);
-        r.file_failed(&f, "Observation.1.ndjson", "cut");
+        r.file_failed(Some(&f), "Observation.1.ndjson", "cut");
         r.finish();
     }
 }

@@ -2,20 +2,23 @@
 //! and which files are complete.
 //!
 //! Two files: `fhir-bulk-job.json`, a compact header (the whole state, written atomically: a
-//! synced temporary file renamed over it), and `fhir-bulk-job.journal`, one JSON line appended
-//! per completed file. Finishing a file costs one small append, whatever the number of files:
-//! the header is rewritten (compacted, and the journal emptied) only when the journal would hold
-//! more records than the header, so the header at least doubles between two rewrites and the
-//! bytes written for the state stay proportional to the number of files (about twice the final
-//! header), and at the milestones (kick-off, manifest, end of the downloads, start-up).
+//! synced temporary file renamed over it), and `fhir-bulk-job.journal`, one short JSON array
+//! appended per completed file (`["Patient.1.ndjson","Output","Patient","<url>",lines,bytes]`,
+//! the NDJSON size last when it differs from the bytes on disk). Finishing a file costs one
+//! small append, whatever the number of files; the header is written only at the milestones
+//! (kick-off, manifest, the end of the downloads, the job's deletion, start-up), a constant
+//! number of times per run, each time folding the journal into it and removing the journal:
+//! after a complete run only the header is left. A file's record in the header is the same
+//! short array without its key.
 //!
 //! Crash safety: a journal line is written with one `write` after the file it records was
-//! renamed to its final name, so a kill at any moment leaves at most a torn last line, which
-//! loading ignores (the file it would have recorded is downloaded again). A file is trusted as
-//! complete only when it exists with the recorded size. Durability against a power cut: the
-//! library syncs each file's data before the rename; the journal and the directories that
-//! received files are synced in batches on a blocking task (every [`SYNC_EVERY`] records or
-//! [`SYNC_INTERVAL`]), never on a download's path, and at every header write.
+//! synced and renamed to its final name and its directory synced (the library's
+//! [`fhir_bulk::download::Saver`] hands a result back only then), so a kill at any moment
+//! leaves at most a torn last line, which loading ignores (the file it would have recorded is
+//! downloaded again). A file is trusted as complete only when it exists with the recorded
+//! size. Durability against a power cut: the journal is synced in batches on a blocking task
+//! (every [`SYNC_EVERY`] records or [`SYNC_INTERVAL`]), never on a download's path, and at
+//! every header write.
 //!
 //! Every path the state names is checked on load: relative, `/`-separated, no `..`, `.` or
 //! empty component, no drive or root, so nothing the state says can reach outside the output
@@ -24,7 +27,7 @@
 use crate::error::CliError;
 use fhir_bulk::{ExportRequest, FileKind, JobHandle};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,8 +39,11 @@ pub(crate) const STATE_FILE: &str = "fhir-bulk-job.json";
 /// The journal's name.
 pub(crate) const JOURNAL_FILE: &str = "fhir-bulk-job.journal";
 
-/// The version of the state file's format.
-const FORMAT: u32 = 1;
+/// The version of the state file's format written: 2, with a file's record as a short array.
+const FORMAT: u32 = 2;
+
+/// The oldest format read (1: a file's record as an object).
+const OLDEST_FORMAT: u32 = 1;
 
 /// Journal records between two background syncs.
 pub(crate) const SYNC_EVERY: usize = 256;
@@ -57,8 +63,11 @@ pub(crate) enum Phase {
     Complete,
 }
 
-/// A file saved completely.
+/// A file saved completely. Written as a short array, `[kind, type, url, resources, bytes]`
+/// with `data_bytes` appended when it differs from `bytes` (gzip); read from that or from the
+/// object of format 1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "CompactRecord", from = "AnyRecord")]
 pub(crate) struct FileRecord {
     /// Output, error or deleted.
     pub(crate) kind: FileKind,
@@ -74,8 +83,109 @@ pub(crate) struct FileRecord {
     pub(crate) data_bytes: u64,
 }
 
-/// One journal line: a file recorded complete under `key`.
-#[derive(Debug, Serialize, Deserialize)]
+/// A [`FileRecord`] as written.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum CompactRecord {
+    Same(FileKind, Option<String>, String, u64, u64),
+    Compressed(FileKind, Option<String>, String, u64, u64, u64),
+}
+
+/// A [`FileRecord`] as read: compact (format 2) or an object (format 1).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AnyRecord {
+    Compressed(FileKind, Option<String>, String, u64, u64, u64),
+    Same(FileKind, Option<String>, String, u64, u64),
+    Object {
+        kind: FileKind,
+        resource_type: Option<String>,
+        url: String,
+        resources: u64,
+        bytes: u64,
+        data_bytes: u64,
+    },
+}
+
+impl From<FileRecord> for CompactRecord {
+    fn from(r: FileRecord) -> CompactRecord {
+        if r.data_bytes == r.bytes {
+            CompactRecord::Same(r.kind, r.resource_type, r.url, r.resources, r.bytes)
+        } else {
+            CompactRecord::Compressed(
+                r.kind,
+                r.resource_type,
+                r.url,
+                r.resources,
+                r.bytes,
+                r.data_bytes,
+            )
+        }
+    }
+}
+
+impl From<AnyRecord> for FileRecord {
+    fn from(r: AnyRecord) -> FileRecord {
+        let (kind, resource_type, url, resources, bytes, data_bytes) = match r {
+            AnyRecord::Compressed(k, t, u, n, b, d) => (k, t, u, n, b, d),
+            AnyRecord::Same(k, t, u, n, b) => (k, t, u, n, b, b),
+            AnyRecord::Object {
+                kind,
+                resource_type,
+                url,
+                resources,
+                bytes,
+                data_bytes,
+            } => (kind, resource_type, url, resources, bytes, data_bytes),
+        };
+        FileRecord {
+            kind,
+            resource_type,
+            url,
+            resources,
+            bytes,
+            data_bytes,
+        }
+    }
+}
+
+/// One journal line as written: `[key, kind, type, url, resources, bytes(, data_bytes)]`.
+fn journal_line(key: &str, record: &FileRecord) -> serde_json::Result<Vec<u8>> {
+    let mut line = match CompactRecord::from(record.clone()) {
+        CompactRecord::Same(k, t, u, n, b) => serde_json::to_vec(&(key, k, t, u, n, b)),
+        CompactRecord::Compressed(k, t, u, n, b, d) => serde_json::to_vec(&(key, k, t, u, n, b, d)),
+    }?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// One journal line as read: the compact array, or the object of format 1.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum JournalLine {
+    Compressed(String, FileKind, Option<String>, String, u64, u64, u64),
+    Same(String, FileKind, Option<String>, String, u64, u64),
+    Object(JournalRecord),
+}
+
+impl From<JournalLine> for JournalRecord {
+    fn from(line: JournalLine) -> JournalRecord {
+        let (key, record) = match line {
+            JournalLine::Compressed(key, k, t, u, n, b, d) => {
+                (key, AnyRecord::Compressed(k, t, u, n, b, d))
+            }
+            JournalLine::Same(key, k, t, u, n, b) => (key, AnyRecord::Same(k, t, u, n, b)),
+            JournalLine::Object(record) => return record,
+        };
+        JournalRecord {
+            key,
+            record: record.into(),
+        }
+    }
+}
+
+/// One journal line of format 1: a file recorded complete under `key`.
+#[derive(Debug, Deserialize)]
 struct JournalRecord {
     /// The file's path relative to the output directory.
     key: String,
@@ -187,12 +297,8 @@ pub(crate) struct StateFile {
     pub(crate) state: JobState,
     /// The open journal, once a record was appended since the last header write.
     journal: Option<File>,
-    /// Records in the journal.
-    journal_records: usize,
     /// Records appended since the last sync.
     unsynced: usize,
-    /// Directories that received files since the last sync.
-    dirty_dirs: BTreeSet<PathBuf>,
     last_sync: Instant,
     /// The background sync in flight, if any.
     syncing: Option<tokio::task::JoinHandle<()>>,
@@ -234,11 +340,12 @@ impl StateFile {
                 ),
             )
         })?;
-        if state.format != FORMAT {
+        if !(OLDEST_FORMAT..=FORMAT).contains(&state.format) {
             return Err(CliError::usage(
                 "--output-dir",
                 format!(
-                    "{} has format {} (this fhir-bulk reads {FORMAT}); delete it or pass --fresh",
+                    "{} has format {} (this fhir-bulk reads {OLDEST_FORMAT} to {FORMAT}); \
+                     delete it or pass --fresh",
                     path.display(),
                     state.format
                 ),
@@ -258,6 +365,7 @@ impl StateFile {
                 ));
             }
         };
+        state.format = FORMAT;
         for record in replay(&journal) {
             if !is_safe_key(&record.key) {
                 return Err(unsafe_key(&journal_path, &record.key));
@@ -274,9 +382,7 @@ impl StateFile {
             dir: dir.to_path_buf(),
             state,
             journal: None,
-            journal_records: 0,
             unsynced: 0,
-            dirty_dirs: BTreeSet::new(),
             last_sync: Instant::now(),
             syncing: None,
         }
@@ -287,10 +393,10 @@ impl StateFile {
         &self.path
     }
 
-    /// Writes the whole state (compacting the journal into it): the directories that
-    /// received files and the journal are synced, the header goes to a temporary file, synced,
-    /// renamed over the old one, and the journal is emptied. A crash leaves the old header
-    /// with the journal (the same records) or the new one. Synchronous on purpose: an
+    /// Writes the whole state (folding the journal into it): the journal is synced, the
+    /// header goes to a temporary file, synced, renamed over the old one, and the journal is
+    /// removed. A crash leaves the old header with the journal (the same records) or the new
+    /// one (with a journal whose records it holds, or none). Synchronous on purpose: an
     /// interrupted task cannot stop it half-way.
     pub(crate) fn save(&mut self) -> Result<(), CliError> {
         self.sync_now();
@@ -303,45 +409,25 @@ impl StateFile {
                 self.path.display()
             ))
         })?;
-        if self.journal_records > 0 || self.journal.is_some() {
-            let journal = Self::journal_in(&self.dir);
-            match &self.journal {
-                Some(file) => file.set_len(0),
-                None => match std::fs::remove_file(&journal) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                    _ => Ok(()),
-                },
-            }
-            .map_err(|e| CliError::Failed(format!("cannot empty {}: {e}", journal.display())))?;
-        } else if Self::journal_in(&self.dir).exists() {
-            // A journal left by an earlier run: its records are in the header now.
-            let _ = std::fs::remove_file(Self::journal_in(&self.dir));
+        // The journal's records are in the header now (an earlier run's journal too).
+        self.journal = None;
+        let journal = Self::journal_in(&self.dir);
+        match std::fs::remove_file(&journal) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CliError::Failed(format!(
+                "cannot remove {}: {e}",
+                journal.display()
+            ))),
+            _ => Ok(()),
         }
-        self.journal_records = 0;
-        Ok(())
     }
 
-    /// Records `key` complete: one line appended to the journal (the header is compacted
-    /// instead when the journal would hold more records than the header). `saved_in` is the directory the file was renamed
-    /// into; it is synced with the journal in the background.
-    pub(crate) fn record(
-        &mut self,
-        key: &str,
-        record: FileRecord,
-        saved_in: &Path,
-    ) -> Result<(), CliError> {
-        let mut line = serde_json::to_vec(&JournalRecord {
-            key: key.to_owned(),
-            record: record.clone(),
-        })
-        .map_err(|e| CliError::Failed(format!("cannot encode the job state: {e}")))?;
-        line.push(b'\n');
+    /// Records `key` complete: one line appended to the journal, synced with the next batch.
+    /// Call it only once the file is final and durable (a [`fhir_bulk::download::Saver`]
+    /// result).
+    pub(crate) fn record(&mut self, key: &str, record: FileRecord) -> Result<(), CliError> {
+        let line = journal_line(key, &record)
+            .map_err(|e| CliError::Failed(format!("cannot encode the job state: {e}")))?;
         self.state.files.insert(key.to_owned(), record);
-        self.dirty_dirs.insert(saved_in.to_path_buf());
-        if (self.journal_records + 1) * 2 > self.state.files.len() {
-            // The journal would hold more than half the records: compact instead.
-            return self.save();
-        }
         let journal = Self::journal_in(&self.dir);
         let failed = |e: std::io::Error| {
             CliError::Failed(format!(
@@ -360,7 +446,6 @@ impl StateFile {
         if let Some(file) = &mut self.journal {
             file.write_all(&line).map_err(failed)?;
         }
-        self.journal_records += 1;
         self.unsynced += 1;
         if self.unsynced >= SYNC_EVERY || self.last_sync.elapsed() >= SYNC_INTERVAL {
             self.sync_in_background();
@@ -368,13 +453,14 @@ impl StateFile {
         Ok(())
     }
 
-    /// What a sync has to do: the journal (a second handle) and the dirty directories.
-    fn take_sync_work(&mut self) -> (Option<File>, Vec<PathBuf>) {
-        self.unsynced = 0;
+    /// The journal to sync (a second handle), if records were appended since the last sync.
+    fn take_sync_work(&mut self) -> Option<File> {
+        let unsynced = std::mem::take(&mut self.unsynced);
         self.last_sync = Instant::now();
-        let journal = self.journal.as_ref().and_then(|f| f.try_clone().ok());
-        let dirs = std::mem::take(&mut self.dirty_dirs).into_iter().collect();
-        (journal, dirs)
+        self.journal
+            .as_ref()
+            .filter(|_| unsynced > 0)
+            .and_then(|f| f.try_clone().ok())
     }
 
     /// Starts a sync on a blocking task unless one is still running (the next record starts
@@ -383,18 +469,18 @@ impl StateFile {
         if self.syncing.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
-        let (journal, dirs) = self.take_sync_work();
+        let journal = self.take_sync_work();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            self.syncing = Some(runtime.spawn_blocking(move || sync(journal, &dirs)));
+            self.syncing = Some(runtime.spawn_blocking(move || sync(journal)));
         } else {
-            sync(journal, &dirs);
+            sync(journal);
         }
     }
 
-    /// Syncs the journal and the dirty directories now.
+    /// Syncs the journal now.
     fn sync_now(&mut self) {
-        let (journal, dirs) = self.take_sync_work();
-        sync(journal, &dirs);
+        let journal = self.take_sync_work();
+        sync(journal);
     }
 
     /// Removes the state file and its journal.
@@ -409,14 +495,11 @@ impl StateFile {
     }
 }
 
-/// Syncs a journal and directories; a failure only costs durability against a power cut
-/// (the files are checked on the next run), so it is not an error.
-fn sync(journal: Option<File>, dirs: &[PathBuf]) {
+/// Syncs a journal; a failure only costs durability against a power cut (the files are
+/// checked on the next run), so it is not an error.
+fn sync(journal: Option<File>) {
     if let Some(file) = journal {
         let _ = file.sync_data();
-    }
-    for dir in dirs {
-        sync_dir(dir);
     }
 }
 
@@ -438,8 +521,8 @@ fn replay(journal: &[u8]) -> Vec<JournalRecord> {
     while let Some(end) = rest.iter().position(|&b| b == b'\n') {
         let (line, tail) = rest.split_at(end);
         rest = &tail[1..];
-        match serde_json::from_slice::<JournalRecord>(line) {
-            Ok(record) => records.push(record),
+        match serde_json::from_slice::<JournalLine>(line) {
+            Ok(record) => records.push(record.into()),
             Err(_) => break,
         }
     }
@@ -478,7 +561,7 @@ pub(crate) fn key(relative: &Path) -> String {
 
 /// Files in `dir` (and its `error/` and `deleted/`) named as fhir-bulk names an export's
 /// files (`<Type>.<n>.ndjson[.gz]`, `error/OperationOutcome.<n>.ndjson`,
-/// `deleted/Bundle.<n>.ndjson`, and their `.part` files), relative, sorted. Manifest pages and
+/// `deleted/Bundle.<n>.ndjson`, their `.part` files and resume sidecars), relative, sorted. Manifest pages and
 /// the log are not counted: they are never mistaken for data.
 pub(crate) fn export_like_files(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
@@ -505,10 +588,13 @@ pub(crate) fn export_like_files(dir: &Path) -> Vec<String> {
     found
 }
 
-/// Whether `name` is `<Type>.<n>.ndjson`, optionally `.gz` and then `.part`, with `<Type>`
-/// `only` when given (else letters).
+/// Whether `name` is `<Type>.<n>.ndjson`, optionally `.gz` and then `.part` (or its resume
+/// sidecar, `.part.resume`), with `<Type>` `only` when given (else letters).
 fn is_export_file_name(name: &str, only: Option<&str>) -> bool {
-    let name = name.strip_suffix(".part").unwrap_or(name);
+    let name = name
+        .strip_suffix(".part.resume")
+        .or_else(|| name.strip_suffix(".part"))
+        .unwrap_or(name);
     let name = name.strip_suffix(".gz").unwrap_or(name);
     let Some(stem) = name.strip_suffix(".ndjson") else {
         return false;
@@ -581,48 +667,74 @@ mod tests {
     }
 
     #[test]
-    fn records_go_to_the_journal_and_the_header_is_compacted_geometrically() {
+    fn records_go_to_the_journal_and_the_header_is_written_only_at_milestones() {
         let dir = tempfile::tempdir().unwrap();
         let mut file = StateFile::new(dir.path(), JobState::new(Phase::Downloading));
         file.save().unwrap();
-        let mut header_writes = 0;
-        let mut last_header = std::fs::metadata(file.path()).unwrap().modified().unwrap();
-        let mut header_len = std::fs::read(file.path()).unwrap().len();
-        let mut header_bytes_written = 0;
+        let header = std::fs::read(file.path()).unwrap();
         for i in 0..300 {
-            file.record(
-                &format!("Patient.{i}.ndjson"),
-                record(&format!("http://h/{i}")),
-                dir.path(),
-            )
-            .unwrap();
-            let len = std::fs::read(file.path()).unwrap().len();
-            let modified = std::fs::metadata(file.path()).unwrap().modified().unwrap();
-            if len != header_len || modified != last_header {
-                header_writes += 1;
-                header_bytes_written += len;
-                header_len = len;
-                last_header = modified;
+            let mut r = record(&format!("http://h/{i}"));
+            if i % 2 == 0 {
+                r.data_bytes = 1_000;
             }
+            file.record(&format!("Patient.{i}.ndjson"), r).unwrap();
             // After every record the state on disk is complete.
             let back = StateFile::load(dir.path()).unwrap().unwrap();
             assert_eq!(back.files.len(), i + 1);
         }
-        assert!(header_writes < 25, "{header_writes} header writes");
-        assert!(
-            header_bytes_written < 4 * header_len,
-            "{header_bytes_written} bytes of headers for a final {header_len}"
-        );
-        file.save().unwrap();
         assert_eq!(
-            std::fs::metadata(StateFile::journal_in(dir.path())).map_or(0, |m| m.len()),
-            0,
-            "the journal is empty after a compaction"
+            std::fs::read(file.path()).unwrap(),
+            header,
+            "no header write"
         );
+        let journal = std::fs::read(StateFile::journal_in(dir.path())).unwrap();
+        let lines: Vec<&[u8]> = journal.split(|&b| b == b'\n').collect();
+        assert!(lines[0].starts_with(b"[\"Patient.0.ndjson\",\"Output\",\"Patient\","));
+        assert!(journal.len() < 300 * 70, "{} bytes", journal.len());
+        file.save().unwrap();
+        assert!(
+            !StateFile::journal_in(dir.path()).exists(),
+            "the journal is folded into the header and removed"
+        );
+        let back = StateFile::load(dir.path()).unwrap().unwrap();
+        assert_eq!(back.files, file.state.files);
+        assert_eq!(back.files["Patient.0.ndjson"].data_bytes, 1_000);
+        assert_eq!(back.files["Patient.1.ndjson"].data_bytes, 100);
+        // Another record after a header write starts a new journal.
+        file.record("Patient.300.ndjson", record("http://h/300"))
+            .unwrap();
         assert_eq!(
             StateFile::load(dir.path()).unwrap().unwrap().files.len(),
-            300
+            301
         );
+    }
+
+    #[test]
+    fn format_1_headers_and_journals_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = serde_json::json!({
+            "format": 1, "export_id": "00112233445566778899", "phase": "downloading",
+            "files": {"Patient.1.ndjson": {
+                "kind": "Output", "resource_type": "Patient", "url": "http://h/1",
+                "resources": 2, "bytes": 100, "data_bytes": 100
+            }},
+        });
+        std::fs::write(StateFile::path_in(dir.path()), header.to_string()).unwrap();
+        let line = serde_json::json!({
+            "key": "Patient.2.ndjson", "kind": "Output", "resource_type": "Patient",
+            "url": "http://h/2", "resources": 2, "bytes": 50, "data_bytes": 100
+        });
+        std::fs::write(StateFile::journal_in(dir.path()), format!("{line}\n")).unwrap();
+        let state = StateFile::load(dir.path()).unwrap().unwrap();
+        assert_eq!(state.format, FORMAT);
+        assert_eq!(state.files["Patient.1.ndjson"], record("http://h/1"));
+        assert_eq!(state.files["Patient.2.ndjson"].bytes, 50);
+        assert_eq!(state.files["Patient.2.ndjson"].data_bytes, 100);
+        let mut newer = header.clone();
+        newer["format"] = serde_json::json!(FORMAT + 1);
+        std::fs::write(StateFile::path_in(dir.path()), newer.to_string()).unwrap();
+        let err = StateFile::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("--fresh"), "{err}");
     }
 
     #[test]
@@ -633,15 +745,7 @@ mod tests {
             .files
             .insert("Patient.1.ndjson".into(), record("http://h/1"));
         file.save().unwrap();
-        let line = |key: &str| {
-            let mut l = serde_json::to_vec(&JournalRecord {
-                key: key.into(),
-                record: record("http://h/x"),
-            })
-            .unwrap();
-            l.push(b'\n');
-            l
-        };
+        let line = |key: &str| journal_line(key, &record("http://h/x")).unwrap();
         let mut journal = line("Patient.2.ndjson");
         let torn = line("Patient.3.ndjson");
         for cut in 0..torn.len() {
@@ -696,12 +800,7 @@ mod tests {
 
         let mut file = StateFile::new(dir.path(), JobState::new(Phase::Downloading));
         file.save().unwrap();
-        let mut line = serde_json::to_vec(&JournalRecord {
-            key: "/tmp/x".into(),
-            record: record("http://h/1"),
-        })
-        .unwrap();
-        line.push(b'\n');
+        let line = journal_line("/tmp/x", &record("http://h/1")).unwrap();
         std::fs::write(StateFile::journal_in(dir.path()), line).unwrap();
         let err = StateFile::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("/tmp/x"), "{err}");
@@ -711,6 +810,8 @@ mod tests {
     fn export_file_names() {
         assert!(is_export_file_name("Patient.1.ndjson", None));
         assert!(is_export_file_name("Patient.12.ndjson.gz.part", None));
+        assert!(is_export_file_name("Patient.12.ndjson.part.resume", None));
+        assert!(!is_export_file_name("Patient.12.ndjson.resume", None));
         assert!(is_export_file_name(
             "OperationOutcome.1.ndjson",
             Some("OperationOutcome")
@@ -728,6 +829,8 @@ mod tests {
         for name in [
             "Patient.1.ndjson",
             "error/OperationOutcome.1.ndjson",
+            "Patient.2.ndjson.part",
+            "Patient.2.ndjson.part.resume",
             "manifest.json",
             "x.txt",
         ] {
@@ -735,7 +838,12 @@ mod tests {
         }
         assert_eq!(
             export_like_files(dir.path()),
-            ["Patient.1.ndjson", "error/OperationOutcome.1.ndjson"]
+            [
+                "Patient.1.ndjson",
+                "Patient.2.ndjson.part",
+                "Patient.2.ndjson.part.resume",
+                "error/OperationOutcome.1.ndjson"
+            ]
         );
     }
 

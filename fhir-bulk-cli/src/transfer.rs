@@ -1,10 +1,11 @@
 //! Downloading an export's files into the output directory: the files already complete (in
-//! the job state and on disk with the recorded size) are skipped, the others are fetched
-//! `--concurrency` at a time, each on its own task, written under a `.part` name and renamed
-//! when complete and verified (line count against the manifest's `count`, `resourceType`
-//! against its `type`). Every completed file is recorded in the job state's journal at once
-//! (one small append, see [`crate::state`]), so an interrupted run loses at most the files in
-//! flight, and recording a file never holds the other downloads. With partial manifests
+//! the job state and on disk with the recorded size) are skipped, the others go to the
+//! library's [`Saver`]: fetched `--concurrency` at a time, each on its own task, written under
+//! a `.part` name, and renamed when complete, verified (line count against the manifest's
+//! `count`, `resourceType` against its `type`) and synced. Every completed file is recorded
+//! in the job state's journal as its result arrives (one small append, see [`crate::state`]),
+//! so an interrupted run loses at most the files in flight, and recording a file never holds
+//! the other downloads. With partial manifests
 //! (`--allow-partial-manifests`) the files are offered as the manifests arrive, while the job
 //! still runs ([`Downloads::offer`]).
 
@@ -14,12 +15,12 @@ use crate::log::{self, EventLog};
 use crate::outcomes::{self, IssueCounts};
 use crate::progress::{FileProgress, Reporter};
 use crate::state::{self, FileRecord, StateFile};
-use fhir_bulk::download::{SaveOptions, SavedFile, file_names};
+use fhir_bulk::download::{SaveEvent, SaveOptions, SaveResult, Saver, file_names};
 use fhir_bulk::{BulkClient, CompletedExport, DownloadOptions, Error, ExportFile, FileKind};
 use serde_json::json;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use tokio::task::JoinSet;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// What the download phase did.
 #[derive(Debug, Default)]
@@ -59,27 +60,27 @@ fn already_complete(dir: &Path, relative: &Path, url: &str, state: &StateFile) -
             .is_ok_and(|m| m.is_file() && m.len() == record.bytes)
 }
 
-/// A download that ended.
-struct Finished {
-    file: ExportFile,
-    relative: PathBuf,
-    name: String,
-    progress: FileProgress,
-    result: Result<SavedFile, Error>,
+/// The progress of the files in flight, by path: made when the library starts a file (its
+/// `Started` event), updated by its progress callback, taken when its result arrives. Holds
+/// at most the downloads running and finishing, whatever the number of files.
+type Active = Arc<Mutex<HashMap<PathBuf, FileProgress>>>;
+
+fn lock(active: &Active) -> std::sync::MutexGuard<'_, HashMap<PathBuf, FileProgress>> {
+    active.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The downloads of one run: files offered (a whole export, or the partial manifests seen so
-/// far) and not yet complete are queued; at most `--concurrency` run at once, each on a task of
-/// its own. Per finished file the work is constant: a journal append, a log line, the bars.
+/// far) and not yet complete go to the library's [`Saver`], which runs at most
+/// `--concurrency` at once, each on a task of its own, and syncs and renames finished files
+/// off the download slots. Per finished file the work here is constant: a journal append, a
+/// log line, the bars.
 pub(crate) struct Downloads<'a> {
-    client: BulkClient,
+    saver: Saver,
     dir: PathBuf,
-    options: SaveOptions,
-    concurrency: usize,
+    gzip: bool,
     log: &'a EventLog,
     reporter: &'a Reporter,
-    queue: VecDeque<(ExportFile, PathBuf)>,
-    running: JoinSet<Finished>,
+    active: Active,
     /// Every file offered in this run, by state key, with its URL (redacted).
     offered: HashMap<String, String>,
     report: TransferReport,
@@ -90,8 +91,7 @@ impl std::fmt::Debug for Downloads<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Downloads")
             .field("dir", &self.dir)
-            .field("queued", &self.queue.len())
-            .field("running", &self.running.len())
+            .field("saver", &self.saver)
             .field("offered", &self.offered.len())
             .finish_non_exhaustive()
     }
@@ -106,15 +106,31 @@ impl<'a> Downloads<'a> {
         log: &'a EventLog,
         reporter: &'a Reporter,
     ) -> Downloads<'a> {
+        let active: Active = Arc::default();
+        let (on_start, on_progress) = (active.clone(), active.clone());
+        let (starter, event_log, root) = (reporter.starter(), log.clone(), dir.to_path_buf());
+        let options = save_options(output)
+            .with_on_file(move |event| {
+                if let SaveEvent::Started { file, path } = event {
+                    log::download_request(&event_log, file);
+                    let name = state::key(path.strip_prefix(&root).unwrap_or(path));
+                    let progress = starter.file(&name, file.file.count, file.file.file_size);
+                    lock(&on_start).insert(path.to_path_buf(), progress);
+                }
+            })
+            .with_progress(move |path, lines, bytes| {
+                let progress = lock(&on_progress).get(path).cloned();
+                if let Some(progress) = progress {
+                    progress.update(lines, bytes);
+                }
+            });
         Downloads {
-            client: client.clone(),
+            saver: Saver::new(client, dir, options),
             dir: dir.to_path_buf(),
-            options: save_options(output),
-            concurrency: usize::from(output.concurrency).max(1),
+            gzip: output.gzip,
             log,
             reporter,
-            queue: VecDeque::new(),
-            running: JoinSet::new(),
+            active,
             offered: HashMap::new(),
             report: TransferReport::default(),
             started: None,
@@ -123,7 +139,7 @@ impl<'a> Downloads<'a> {
 
     /// Whether downloads are running or queued.
     pub(crate) fn busy(&self) -> bool {
-        !self.running.is_empty() || !self.queue.is_empty()
+        !self.saver.is_empty()
     }
 
     /// Queues the files of `export` not offered before in this run and not already complete;
@@ -133,7 +149,7 @@ impl<'a> Downloads<'a> {
         export: &CompletedExport,
         state: &mut StateFile,
     ) -> (usize, usize) {
-        let names = file_names(export, self.options.gzip);
+        let names = file_names(export, self.gzip);
         self.offer_named(export, names, state)
     }
 
@@ -163,81 +179,38 @@ impl<'a> Downloads<'a> {
                 }
                 continue;
             }
-            self.offered.insert(key.clone(), url.clone());
             if already_complete(&self.dir, &relative, &url, state) {
                 skipped += 1;
                 self.reporter
                     .detail(&format!("{} is already complete", relative.display()));
             } else {
                 state.state.files.remove(&key);
-                self.queue.push_back((file, relative));
+                self.saver.push(file, relative);
                 queued += 1;
             }
+            self.offered.insert(key, url);
         }
         self.report.skipped += skipped;
         if self.started.is_none() && queued > 0 {
             self.started = Some(std::time::Instant::now());
             self.reporter.downloads(queued);
         }
-        self.fill();
         (queued, skipped)
     }
 
-    /// Starts queued downloads while slots are free.
-    fn fill(&mut self) {
-        while self.running.len() < self.concurrency {
-            let Some((file, relative)) = self.queue.pop_front() else {
-                return;
-            };
-            let path = self.dir.join(&relative);
-            let name = state::key(&relative);
-            log::download_request(self.log, &file);
-            let progress = self
-                .reporter
-                .file(&name, file.file.count, file.file.file_size);
-            let on_progress = progress.clone();
-            let options = self
-                .options
-                .clone()
-                .with_progress(move |_, lines, bytes| on_progress.update(lines, bytes));
-            let client = self.client.clone();
-            self.running.spawn(async move {
-                let result = client.save_file(&file, &path, &options).await;
-                Finished {
-                    file,
-                    relative,
-                    name,
-                    progress,
-                    result,
-                }
-            });
-        }
-    }
-
-    /// Waits for one running download to end and records it. `None` when none runs.
+    /// Waits for one download to end (saved, synced and renamed, or failed) and records it.
+    /// `None` when none is queued or running. Cancel-safe (used in `select!`).
     pub(crate) async fn next(&mut self, state: &mut StateFile) -> Option<Result<(), CliError>> {
-        let joined = self.running.join_next().await?;
-        let done = match joined {
-            Ok(done) => done,
-            Err(e) => {
-                return Some(Err(CliError::Failed(format!(
-                    "a download task ended abnormally: {e}"
-                ))));
-            }
-        };
-        let result = self.record(done, state);
-        self.fill();
-        Some(result)
+        let done = self.saver.next().await?;
+        Some(self.record(done, state))
     }
 
-    fn record(&mut self, done: Finished, state: &mut StateFile) -> Result<(), CliError> {
-        let Finished {
-            file,
-            relative,
-            name,
-            progress,
-            result,
+    fn record(&mut self, done: SaveResult, state: &mut StateFile) -> Result<(), CliError> {
+        let SaveResult {
+            file, path, result, ..
         } = done;
+        let progress = lock(&self.active).remove(&path);
+        let name = state::key(path.strip_prefix(&self.dir).unwrap_or(&path));
         let url = file.file.url.redacted();
         match result {
             Ok(saved) => {
@@ -250,14 +223,9 @@ impl<'a> Downloads<'a> {
                     }),
                 );
                 self.reporter
-                    .file_done(&progress, &name, saved.lines, saved.bytes);
+                    .file_done(progress.as_ref(), &name, saved.lines, saved.bytes);
                 self.report.downloaded += 1;
                 self.report.downloaded_bytes += saved.data_bytes;
-                let saved_in = self
-                    .dir
-                    .join(&relative)
-                    .parent()
-                    .map_or_else(|| self.dir.clone(), Path::to_path_buf);
                 state.record(
                     &name,
                     FileRecord {
@@ -268,15 +236,17 @@ impl<'a> Downloads<'a> {
                         bytes: saved.bytes,
                         data_bytes: saved.data_bytes,
                     },
-                    &saved_in,
                 )
             }
             Err(error) => {
                 let mut detail = log::error_detail(&error);
                 detail["fileUrl"] = json!(url);
                 self.log.event("download_error", detail);
-                self.reporter
-                    .file_failed(&progress, &name, &crate::error::describe(&error));
+                self.reporter.file_failed(
+                    progress.as_ref(),
+                    &name,
+                    &crate::error::describe(&error),
+                );
                 self.report.failures.push((name, error));
                 Ok(())
             }
@@ -294,14 +264,14 @@ impl<'a> Downloads<'a> {
         // The server's text as sent: the summary says when it is not an instant.
         state.state.transaction_time = export.manifests.first().map(|m| m.transaction_time.clone());
         // Forget records of files this manifest does not list (an earlier manifest's).
-        let names = file_names(export, self.options.gzip);
+        let names = file_names(export, self.gzip);
         let listed: HashSet<String> = names.iter().map(|(_, rel)| state::key(rel)).collect();
         state.state.files.retain(|key, _| listed.contains(key));
         drop(listed);
         state.save()?;
         let early = self.offered.len();
         let (queued, skipped) = self.offer_named(export, names, state);
-        let running = self.running.len() + self.queue.len() - queued;
+        let running = self.saver.pending().saturating_sub(queued);
         if early > 0 {
             self.reporter.info(&format!(
                 "the export is complete: {early} file(s) came with partial manifests ({running} \

@@ -463,11 +463,15 @@ async fn resume_after_a_kill_in_the_middle_of_a_download() {
     ];
     let mut child = command(&args).spawn().unwrap();
     let state_path = out.join("fhir-bulk-job.json");
+    let journal_path = out.join("fhir-bulk-job.journal");
     wait_until("three files are complete", || {
-        std::fs::read_to_string(&state_path)
+        let in_header = std::fs::read_to_string(&state_path)
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .is_some_and(|st| st["files"].as_object().is_some_and(|f| f.len() == 3))
+            .and_then(|st| st["files"].as_object().map(serde_json::Map::len))
+            .unwrap_or(0);
+        let in_journal = std::fs::read_to_string(&journal_path).map_or(0, |t| t.lines().count());
+        in_header + in_journal == 3
     })
     .await;
     assert!(

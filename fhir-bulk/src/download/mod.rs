@@ -11,12 +11,14 @@ mod decode;
 mod expiry;
 mod lines;
 mod save;
+mod saver;
 
 pub(crate) use save::keeps_part;
 pub use save::{
     FailedFile, SaveEvent, SaveHook, SaveOptions, SaveProgress, SaveReport, SaveWarning, SavedFile,
     SkipFn, file_names,
 };
+pub use saver::{SaveResult, Saver};
 
 use crate::client::BulkClient;
 use crate::error::{Error, LineErrorKind, Result};

@@ -32,7 +32,6 @@ use crate::ndjson::Checkpoint;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use futures::StreamExt;
-use futures::future::BoxFuture;
 use reqwest::header::HeaderValue;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -584,7 +583,9 @@ impl Sink {
         Ok(())
     }
 
-    async fn finish(mut self) -> Result<u64> {
+    /// Writes what is left and hands the file over (written, not yet synced: the finisher
+    /// syncs it before the rename).
+    async fn finish(mut self) -> Result<(u64, std::fs::File)> {
         let rest = match self.gzip.take() {
             Some(encoder) => encoder
                 .finish()
@@ -593,10 +594,10 @@ impl Sink {
         };
         self.write(&rest).await?;
         self.file
-            .sync_all()
+            .flush()
             .await
-            .map_err(|e| io_error("syncing", &self.path, e))?;
-        Ok(self.written)
+            .map_err(|e| io_error("writing", &self.path, e))?;
+        Ok((self.written, self.file.into_std().await))
     }
 }
 
@@ -629,80 +630,52 @@ impl BulkClient {
 
     /// Downloads every file of an export (output, error and deleted, all manifest pages)
     /// into `dir`, named by [`file_names`], [`DownloadOptions::concurrency`] at a time,
-    /// telling [`SaveOptions::on_file`] about each. The future is `Send`: it can be spawned.
+    /// telling [`SaveOptions::on_file`] about each: a [`Saver`](super::Saver) fed with
+    /// every file. Without [`SaveOptions::keep_going`] the first failure ends it (the other
+    /// downloads are aborted, their `.part` files kept). The future is `Send`: it can be
+    /// spawned.
     pub async fn save_export(
         &self,
         export: &CompletedExport,
         dir: &Path,
         options: &SaveOptions,
     ) -> Result<SaveReport> {
-        let jobs = file_names(export, options.gzip);
-        let concurrency = options.download.concurrency.max(1);
-        let keep_going = options.keep_going;
-        let futures = jobs.into_iter().map(|(file, name)| {
-            let client = self.clone();
-            let path = dir.join(name);
-            let options = options.clone();
-            let job: BoxFuture<'static, (ExportFile, PathBuf, Result<SavedFile>)> =
-                Box::pin(async move {
-                    let result = save_reported(client, file.clone(), path.clone(), options).await;
-                    (file, path, result)
-                });
-            job
-        });
-        let mut results = futures::stream::iter(futures).buffered(concurrency);
-        let mut report = SaveReport::default();
-        while let Some((file, path, result)) = results.next().await {
-            match result {
-                Ok(saved) => report.files.push(saved),
-                Err(error) if keep_going => report.failed.push(FailedFile {
-                    path,
-                    url: file.file.url.redacted(),
-                    message: error.to_string(),
-                    resumable: keeps_part(&error),
-                }),
+        let mut saver = super::Saver::new(self, dir, options.clone());
+        for (file, name) in file_names(export, options.gzip) {
+            saver.push(file, name);
+        }
+        let mut files: Vec<Option<SavedFile>> = vec![None; saver.pending()];
+        let mut failed: Vec<(usize, FailedFile)> = Vec::new();
+        while let Some(done) = saver.next().await {
+            match done.result {
+                Ok(saved) => {
+                    if let Some(slot) = files.get_mut(done.index) {
+                        *slot = Some(saved);
+                    }
+                }
+                Err(error) if options.keep_going => failed.push((
+                    done.index,
+                    FailedFile {
+                        path: done.path,
+                        url: done.file.file.url.redacted(),
+                        message: error.to_string(),
+                        resumable: keeps_part(&error),
+                    },
+                )),
                 Err(error) => return Err(error),
             }
         }
-        Ok(report)
+        failed.sort_by_key(|(index, _)| *index);
+        Ok(SaveReport {
+            files: files.into_iter().flatten().collect(),
+            failed: failed.into_iter().map(|(_, f)| f).collect(),
+        })
     }
 }
 
-/// One file of [`BulkClient::save_export`]: skipped or saved, with the hook told.
-async fn save_reported(
-    client: BulkClient,
-    file: ExportFile,
-    path: PathBuf,
-    options: SaveOptions,
-) -> Result<SavedFile> {
-    let hook = options.on_file.clone();
-    if let Some(skip) = &options.skip
-        && skip(&file, &path)
-    {
-        let saved = saved_file(&file, &path, Tally::default(), 0, 0, true);
-        if let Some(hook) = &hook {
-            hook(&SaveEvent::Finished(&saved));
-        }
-        return Ok(saved);
-    }
-    if let Some(hook) = &hook {
-        hook(&SaveEvent::Started {
-            file: &file,
-            path: &path,
-        });
-    }
-    let result = save_one(client, file.clone(), path.clone(), options).await;
-    if let Some(hook) = &hook {
-        match &result {
-            Ok(saved) => hook(&SaveEvent::Finished(saved)),
-            Err(error) => hook(&SaveEvent::Failed {
-                file: &file,
-                path: &path,
-                error,
-            }),
-        }
-    }
-    result
+/// The [`SavedFile`] of a file left alone.
+pub(super) fn skipped_file(file: &ExportFile, path: &Path) -> SavedFile {
+    saved_file(file, path, Tally::default(), 0, 0, true)
 }
 
 fn saved_file(
@@ -727,15 +700,24 @@ fn saved_file(
     }
 }
 
-/// Saves one file (owned arguments, so the future is `Send + 'static`).
-async fn save_one(
+/// Downloads one file into its `.part` (owned arguments, so the future is `Send + 'static`),
+/// continuing a kept `.part`; a permanent failure removes it. The written file still has to
+/// go through [`finish_batch`].
+pub(super) async fn download_one(
     client: BulkClient,
     file: ExportFile,
     path: PathBuf,
     options: SaveOptions,
-) -> Result<SavedFile> {
+) -> Result<Downloaded> {
     if options.skip_existing && tokio::fs::try_exists(&path).await.unwrap_or(false) {
-        return Ok(saved_file(&file, &path, Tally::default(), 0, 0, true));
+        return Ok(Downloaded::Skipped(saved_file(
+            &file,
+            &path,
+            Tally::default(),
+            0,
+            0,
+            true,
+        )));
     }
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent)
@@ -765,7 +747,33 @@ async fn save_one(
     {
         remove_part(&part).await;
     }
-    result
+    result.map(Downloaded::Written)
+}
+
+/// Saves one file: downloaded, then finished on the blocking pool.
+async fn save_one(
+    client: BulkClient,
+    file: ExportFile,
+    path: PathBuf,
+    options: SaveOptions,
+) -> Result<SavedFile> {
+    match download_one(client, file, path.clone(), options).await? {
+        Downloaded::Skipped(saved) => Ok(saved),
+        Downloaded::Written(written) => {
+            let part = written.part.clone();
+            tokio::task::spawn_blocking(move || finish_batch(vec![written]))
+                .await
+                .map_err(|e| io_error("finishing", &part, std::io::Error::other(e.to_string())))?
+                .pop()
+                .unwrap_or_else(|| {
+                    Err(io_error(
+                        "finishing",
+                        &path,
+                        std::io::Error::other("no result"),
+                    ))
+                })
+        }
+    }
 }
 
 async fn save_attempt(
@@ -775,7 +783,7 @@ async fn save_attempt(
     part: &Path,
     options: &SaveOptions,
     resume: Option<&ResumeState>,
-) -> Result<SavedFile> {
+) -> Result<Written> {
     let download = &options.download;
     let info = info_for(file);
     let mut request = request_for(client, file)?;
@@ -911,18 +919,90 @@ async fn save_attempt(
         Ok(_) => {}
         Err(error) => return Err(error),
     }
-    let bytes = sink.finish().await?;
+    let (bytes, handle) = sink.finish().await?;
     if let Some(progress) = &options.on_progress {
         progress(path, tally.lines, tally.data_bytes);
     }
-    // The sidecar goes first: dying between the two leaves a `.part` without one, which the
-    // next run reads again from the start; never a sidecar next to a finished file.
-    // (In place, like its writes, so a dropped future leaves no removal running behind it.)
-    let _ = std::fs::remove_file(sidecar_path(part));
-    tokio::fs::rename(part, path)
-        .await
-        .map_err(|e| io_error("renaming", part, e))?;
-    Ok(saved_file(file, path, tally, bytes, resumed_bytes, false))
+    Ok(Written {
+        part: part.to_owned(),
+        handle,
+        saved: saved_file(file, path, tally, bytes, resumed_bytes, false),
+    })
+}
+
+/// A file whose lines are all in its `.part`, checked, waiting for [`finish_batch`]: synced,
+/// renamed to its final name, its directory synced.
+#[derive(Debug)]
+pub(super) struct Written {
+    /// The `.part`.
+    part: PathBuf,
+    /// The `.part`, open (so the sync needs no second open).
+    handle: std::fs::File,
+    /// What it becomes once renamed.
+    pub(super) saved: SavedFile,
+}
+
+/// What a download task hands back: a file left alone, or one written and waiting to be
+/// finished.
+#[derive(Debug)]
+pub(super) enum Downloaded {
+    /// Skipped (it exists and [`SaveOptions::skip_existing`] is set).
+    Skipped(SavedFile),
+    /// Written under its `.part` name.
+    Written(Written),
+}
+
+/// Makes written files final, in order, on the calling (blocking) thread: each file's data is
+/// synced (`fdatasync`) before the rename that gives it its final name, and each directory
+/// that received files is synced once for the whole batch, after its renames. So once a
+/// result is `Ok` the file survives a power cut under its final name; a crash before that
+/// leaves its `.part`, which the next save reads again. A failed sync or rename is an
+/// [`Error::Io`] and keeps the `.part` (an interruption: the next save resumes it).
+pub(super) fn finish_batch(batch: Vec<Written>) -> Vec<Result<SavedFile>> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let results = batch
+        .into_iter()
+        .map(|written| {
+            let Written {
+                part,
+                handle,
+                saved,
+            } = written;
+            handle
+                .sync_data()
+                .map_err(|e| io_error("syncing", &part, e))?;
+            drop(handle);
+            // The sidecar goes first: dying between the two leaves a `.part` without one,
+            // which the next run reads again from the start; never a sidecar next to a
+            // finished file.
+            let _ = std::fs::remove_file(sidecar_path(&part));
+            std::fs::rename(&part, &saved.path).map_err(|e| io_error("renaming", &part, e))?;
+            let dir = saved
+                .path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !dirs.iter().any(|d| d == dir) {
+                dirs.push(dir.to_owned());
+            }
+            Ok(saved)
+        })
+        .collect();
+    for dir in &dirs {
+        sync_dir(dir);
+    }
+    results
+}
+
+/// Syncs a directory's entries (Unix; elsewhere a rename is as durable as it gets). A failure
+/// costs only durability against a power cut of an entry already made, so it is ignored.
+pub(super) fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(handle) = std::fs::File::open(dir) {
+        let _ = handle.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
 }
 
 #[cfg(test)]

@@ -1,0 +1,431 @@
+//! [`Saver`]: saving files as they are offered (a whole export, or the files of partial
+//! manifests while the job still runs), [`DownloadOptions::concurrency`] downloads at a time,
+//! each on a task of its own, with the results handed back one by one.
+//!
+//! A download holds its slot only while it reads and writes: a file whose lines are all in
+//! its `.part` goes to the finisher, a blocking task that syncs the data, renames the file to
+//! its final name and syncs each directory once per batch of files (see [`finish_batch`]),
+//! while the next download already runs. A result says `Ok` only once the file is final and
+//! durable, so a tool that records completed files (a journal) records nothing a power cut
+//! could take back.
+//!
+//! [`BulkClient::save_export`] is this saver fed with every file of a complete export.
+
+use super::DownloadOptions;
+use super::save::{
+    Downloaded, SaveEvent, SaveOptions, SavedFile, Written, download_one, finish_batch,
+    skipped_file,
+};
+use crate::client::BulkClient;
+use crate::error::{Error, Result};
+use crate::manifest::ExportFile;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::task::{JoinError, JoinHandle, JoinSet};
+
+/// Written files waiting for the finisher (or being finished) at most, whatever the
+/// concurrency: each holds an open file, so a disk slower to sync than the network is to
+/// read pauses new downloads instead of opening files without bound.
+const FINISH_BACKLOG: usize = 256;
+
+/// A batch of written files being finished on the blocking pool, one result per file.
+type Batch = JoinHandle<Vec<Result<SavedFile>>>;
+
+/// One file pushed to a [`Saver`].
+#[derive(Debug)]
+struct Job {
+    index: usize,
+    file: ExportFile,
+    path: PathBuf,
+}
+
+/// What one push to a [`Saver`] came to.
+#[non_exhaustive]
+#[derive(Debug)]
+pub struct SaveResult {
+    /// Its place among the files pushed, from 0.
+    pub index: usize,
+    /// The manifest entry.
+    pub file: ExportFile,
+    /// Where it is (or would have been) saved.
+    pub path: PathBuf,
+    /// The file saved or skipped, or why it failed. A failure keeps the `.part` for a resume
+    /// when it was an interruption (network, disk), and removes it when it was permanent.
+    pub result: Result<SavedFile>,
+}
+
+/// What one wait of [`Saver::next`] brought.
+enum Step {
+    Downloaded(std::result::Result<(tokio::task::Id, Result<Downloaded>), JoinError>),
+    Finished(std::result::Result<Vec<Result<SavedFile>>, JoinError>),
+}
+
+/// Saves files into a directory as they are pushed, [`DownloadOptions::concurrency`] at a
+/// time, each written under a `.part` name and renamed once complete, checked and synced,
+/// continuing the `.part` an interrupted earlier save left (in this process or another).
+/// [`SaveOptions::on_file`] is told as each file starts, and as its result is handed back
+/// by [`Saver::next`]; [`SaveOptions::skip`] and [`SaveOptions::skip_existing`] leave files
+/// alone. Needs a tokio runtime (the downloads are spawned); dropping it aborts the downloads
+/// (their `.part` files are kept for a resume).
+///
+/// ```no_run
+/// use fhir_bulk::download::{SaveOptions, Saver, file_names};
+/// # async fn run(client: fhir_bulk::BulkClient, export: fhir_bulk::CompletedExport) -> fhir_bulk::Result<()> {
+/// let mut saver = Saver::new(&client, "out".as_ref(), SaveOptions::default());
+/// for (file, name) in file_names(&export, false) {
+///     saver.push(file, name);
+/// }
+/// while let Some(done) = saver.next().await {
+///     let saved = done.result?;
+///     println!("{}: {} lines", saved.path.display(), saved.lines);
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Saver {
+    client: BulkClient,
+    dir: PathBuf,
+    options: SaveOptions,
+    concurrency: usize,
+    pushed: usize,
+    queue: VecDeque<Job>,
+    running: JoinSet<Result<Downloaded>>,
+    in_flight: HashMap<tokio::task::Id, Job>,
+    /// Written, waiting for the finisher.
+    waiting: Vec<(Job, Written)>,
+    /// The batch being finished on the blocking pool.
+    finishing: Option<(Vec<Job>, Batch)>,
+    ready: VecDeque<SaveResult>,
+}
+
+impl fmt::Debug for Saver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Saver")
+            .field("dir", &self.dir)
+            .field("concurrency", &self.concurrency)
+            .field("queued", &self.queue.len())
+            .field("running", &self.running.len())
+            .field("finishing", &self.finishing_len())
+            .field("ready", &self.ready.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Saver {
+    /// A saver writing into `dir` with `options` (its download options set the concurrency).
+    pub fn new(client: &BulkClient, dir: &Path, options: SaveOptions) -> Saver {
+        let DownloadOptions { concurrency, .. } = options.download;
+        Saver {
+            client: client.clone(),
+            dir: dir.to_path_buf(),
+            concurrency: concurrency.max(1),
+            options,
+            pushed: 0,
+            queue: VecDeque::new(),
+            running: JoinSet::new(),
+            in_flight: HashMap::new(),
+            waiting: Vec::new(),
+            finishing: None,
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// Queues `file`, saved as `path` (relative to the directory, e.g. from
+    /// [`file_names`](super::file_names)); returns its [`SaveResult::index`]. Downloads start
+    /// as slots free up, while [`Saver::next`] is awaited.
+    pub fn push(&mut self, file: ExportFile, path: impl AsRef<Path>) -> usize {
+        let index = self.pushed;
+        self.pushed += 1;
+        let path = self.dir.join(path);
+        if let Some(skip) = &self.options.skip
+            && skip(&file, &path)
+        {
+            let saved = skipped_file(&file, &path);
+            self.ready.push_back(SaveResult {
+                index,
+                file,
+                path,
+                result: Ok(saved),
+            });
+        } else {
+            self.queue.push_back(Job { index, file, path });
+        }
+        index
+    }
+
+    /// Files pushed whose results [`Saver::next`] has not handed back yet.
+    pub fn pending(&self) -> usize {
+        self.queue.len()
+            + self.running.len()
+            + self.waiting.len()
+            + self.finishing_len()
+            + self.ready.len()
+    }
+
+    /// Whether every file pushed has been handed back.
+    pub fn is_empty(&self) -> bool {
+        self.pending() == 0
+    }
+
+    fn finishing_len(&self) -> usize {
+        self.finishing.as_ref().map_or(0, |(jobs, _)| jobs.len())
+    }
+
+    /// The next file saved, skipped or failed (in the order they end, not the order pushed),
+    /// after [`SaveOptions::on_file`] was told; `None` once every file pushed was handed
+    /// back. Cancel-safe: dropping the future loses no result (use it in `select!`).
+    pub async fn next(&mut self) -> Option<SaveResult> {
+        loop {
+            self.fill();
+            self.start_finishing();
+            if let Some(result) = self.ready.pop_front() {
+                self.tell(&result);
+                return Some(result);
+            }
+            if self.running.is_empty() && self.finishing.is_none() {
+                return None;
+            }
+            match poll_fn(|cx| self.poll_step(cx)).await {
+                Step::Downloaded(joined) => self.downloaded(joined),
+                Step::Finished(done) => self.finished(done),
+            }
+        }
+    }
+
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        if let Some((_, handle)) = &mut self.finishing
+            && let Poll::Ready(done) = Pin::new(handle).poll(cx)
+        {
+            return Poll::Ready(Step::Finished(done));
+        }
+        if let Poll::Ready(Some(joined)) = self.running.poll_join_next_with_id(cx) {
+            return Poll::Ready(Step::Downloaded(joined));
+        }
+        Poll::Pending
+    }
+
+    /// Starts queued downloads while slots are free and the finisher keeps up.
+    fn fill(&mut self) {
+        while self.running.len() < self.concurrency
+            && self.waiting.len() + self.finishing_len() < FINISH_BACKLOG
+        {
+            let Some(job) = self.queue.pop_front() else {
+                return;
+            };
+            let client = self.client.clone();
+            let file = job.file.clone();
+            let path = job.path.clone();
+            let options = self.options.clone();
+            let handle = self.running.spawn(async move {
+                if let Some(hook) = &options.on_file {
+                    hook(&SaveEvent::Started {
+                        file: &file,
+                        path: &path,
+                    });
+                }
+                download_one(client, file, path, options).await
+            });
+            self.in_flight.insert(handle.id(), job);
+        }
+    }
+
+    /// Hands the written files to the finisher unless it is busy (they wait for the next
+    /// batch then).
+    fn start_finishing(&mut self) {
+        if self.finishing.is_some() || self.waiting.is_empty() {
+            return;
+        }
+        let (jobs, written): (Vec<Job>, Vec<Written>) =
+            std::mem::take(&mut self.waiting).into_iter().unzip();
+        let handle = tokio::task::spawn_blocking(move || finish_batch(written));
+        self.finishing = Some((jobs, handle));
+    }
+
+    fn downloaded(
+        &mut self,
+        joined: std::result::Result<(tokio::task::Id, Result<Downloaded>), JoinError>,
+    ) {
+        let id = match &joined {
+            Ok((id, _)) => *id,
+            Err(error) => error.id(),
+        };
+        let Some(job) = self.in_flight.remove(&id) else {
+            return;
+        };
+        match joined {
+            Ok((_, Ok(Downloaded::Written(written)))) => self.waiting.push((job, written)),
+            Ok((_, Ok(Downloaded::Skipped(saved)))) => self.done(job, Ok(saved)),
+            Ok((_, Err(error))) => self.done(job, Err(error)),
+            Err(error) => {
+                let error = abnormal(&job.path, &error.to_string());
+                self.done(job, Err(error));
+            }
+        }
+    }
+
+    fn finished(&mut self, done: std::result::Result<Vec<Result<SavedFile>>, JoinError>) {
+        let Some((jobs, _)) = self.finishing.take() else {
+            return;
+        };
+        match done {
+            Ok(results) => {
+                for (job, result) in jobs.into_iter().zip(results) {
+                    self.done(job, result);
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                for job in jobs {
+                    let error = abnormal(&job.path, &message);
+                    self.done(job, Err(error));
+                }
+            }
+        }
+    }
+
+    fn done(&mut self, job: Job, result: Result<SavedFile>) {
+        let Job { index, file, path } = job;
+        self.ready.push_back(SaveResult {
+            index,
+            file,
+            path,
+            result,
+        });
+    }
+
+    fn tell(&self, result: &SaveResult) {
+        let Some(hook) = &self.options.on_file else {
+            return;
+        };
+        match &result.result {
+            Ok(saved) => hook(&SaveEvent::Finished(saved)),
+            Err(error) => hook(&SaveEvent::Failed {
+                file: &result.file,
+                path: &result.path,
+                error,
+            }),
+        }
+    }
+}
+
+/// The error for a file whose task panicked or was cancelled (a bug, or a runtime shutting
+/// down): an interruption, so its `.part` is kept.
+fn abnormal(path: &Path, message: &str) -> Error {
+    Error::Io {
+        action: "saving",
+        path: path.display().to_string(),
+        source: std::io::Error::other(format!("the task ended abnormally: {message}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ExportRequest;
+    use crate::download::file_names;
+    use fhir_bulk_test_server::TestServer;
+    use std::sync::{Arc, Mutex};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_pushed_while_others_run_are_all_saved_once_and_final() {
+        let server = TestServer::builder()
+            .patients(30)
+            .resource_types(["Patient", "Observation"])
+            .max_resources_per_file(10)
+            .polls_before_complete(0)
+            .start()
+            .await
+            .unwrap();
+        let client = BulkClient::builder(server.base_url().as_str())
+            .build()
+            .unwrap();
+        let export = client
+            .kick_off(&ExportRequest::system())
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+        let names = file_names(&export, false);
+        assert!(names.len() > 4, "{} files", names.len());
+        let dir = tempfile::tempdir().unwrap();
+        let events: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = events.clone();
+        let options = SaveOptions::default()
+            .with_download(DownloadOptions::default().with_concurrency(2))
+            .with_on_file(move |event| {
+                let text = match event {
+                    SaveEvent::Started { path, .. } => format!("start {}", path.display()),
+                    SaveEvent::Finished(saved) => {
+                        // Told only once the file is final.
+                        assert!(saved.path.exists());
+                        format!("done {}", saved.path.display())
+                    }
+                    SaveEvent::Failed { path, .. } => format!("failed {}", path.display()),
+                };
+                seen.lock().unwrap().push(text);
+            });
+        let mut saver = Saver::new(&client, dir.path(), options);
+        let (first, later) = names.split_at(2);
+        for (file, name) in first {
+            saver.push(file.clone(), name);
+        }
+        let mut results = Vec::new();
+        results.push(saver.next().await.unwrap());
+        for (file, name) in later {
+            saver.push(file.clone(), name);
+        }
+        assert_eq!(saver.pending(), names.len() - 1);
+        while let Some(done) = saver.next().await {
+            results.push(done);
+        }
+        assert!(saver.is_empty());
+        assert_eq!(results.len(), names.len());
+        let mut indexes: Vec<usize> = results.iter().map(|r| r.index).collect();
+        indexes.sort_unstable();
+        assert_eq!(indexes, (0..names.len()).collect::<Vec<_>>());
+        for done in &results {
+            let saved = done.result.as_ref().unwrap();
+            assert_eq!(saved.path, done.path);
+            let expected: Vec<String> = server.file_lines(&saved.url).unwrap().collect();
+            let text = std::fs::read_to_string(&saved.path).unwrap();
+            assert_eq!(text.lines().collect::<Vec<_>>(), expected);
+            let mut part = saved.path.as_os_str().to_owned();
+            part.push(".part");
+            assert!(!Path::new(&part).exists());
+        }
+        let events = events.lock().unwrap();
+        assert_eq!(events.len(), 2 * names.len());
+        assert_eq!(
+            events.iter().filter(|e| e.starts_with("done")).count(),
+            names.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_skipped_file_comes_back_without_a_download() {
+        let client = BulkClient::builder("http://127.0.0.1:9/").build().unwrap();
+        let export = crate::CompletedExport::from_manifests(
+            url::Url::parse("http://127.0.0.1:9/status").unwrap(),
+            vec![
+                crate::manifest::Manifest::from_slice(
+                    br#"{"transactionTime":"2024-01-01T00:00:00Z","request":"http://127.0.0.1:9/$export","requiresAccessToken":false,"output":[{"type":"Patient","url":"http://127.0.0.1:9/f/1"}],"error":[]}"#,
+                    "manifest.json",
+                )
+                .unwrap(),
+            ],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let options = SaveOptions::default().with_skip(|_, _| true);
+        let mut saver = Saver::new(&client, dir.path(), options);
+        for (file, name) in file_names(&export, false) {
+            saver.push(file, name);
+        }
+        let done = saver.next().await.unwrap();
+        assert!(done.result.unwrap().skipped);
+        assert!(saver.next().await.is_none());
+    }
+}
