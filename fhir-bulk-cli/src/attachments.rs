@@ -98,10 +98,7 @@ pub(crate) async fn run(
                 record.data_bytes = bytes;
             }
             record.bytes = bytes;
-            let saved_in = path
-                .parent()
-                .map_or_else(|| dir.to_path_buf(), Path::to_path_buf);
-            state.record(&key, record, &saved_in)?;
+            state.record(&key, record)?;
         }
         for failed in &report.failed {
             log.event(

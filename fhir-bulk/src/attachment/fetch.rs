@@ -347,6 +347,9 @@ fn finish_blocking(
         }
     }
     std::fs::rename(&source, dest).map_err(|e| io("renaming", &source, e))?;
+    if let Some(parent) = dest.parent() {
+        crate::download::sync_dir(parent);
+    }
     Ok(Fetched { bytes, unwrapped })
 }
 

@@ -692,6 +692,9 @@ impl BulkClient {
             tokio::fs::rename(&tmp, data_file)
                 .await
                 .map_err(|e| io_error("renaming", &tmp, e))?;
+            if let Some(parent) = data_file.parent().map(Path::to_path_buf) {
+                let _ = tokio::task::spawn_blocking(move || crate::download::sync_dir(&parent)).await;
+            }
             pass.report.files_rewritten += 1;
         } else {
             let _ = tokio::fs::remove_file(&tmp).await;

@@ -13,7 +13,7 @@ mod lines;
 mod save;
 mod saver;
 
-pub(crate) use save::keeps_part;
+pub(crate) use save::{keeps_part, sync_dir};
 pub use save::{
     FailedFile, SaveEvent, SaveHook, SaveOptions, SaveProgress, SaveReport, SaveWarning, SavedFile,
     SkipFn, file_names,

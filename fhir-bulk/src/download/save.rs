@@ -996,7 +996,7 @@ pub(super) fn finish_batch(batch: Vec<Written>) -> Vec<Result<SavedFile>> {
 
 /// Syncs a directory's entries (Unix; elsewhere a rename is as durable as it gets). A failure
 /// costs only durability against a power cut of an entry already made, so it is ignored.
-pub(super) fn sync_dir(dir: &Path) {
+pub(crate) fn sync_dir(dir: &Path) {
     #[cfg(unix)]
     if let Ok(handle) = std::fs::File::open(dir) {
         let _ = handle.sync_all();
