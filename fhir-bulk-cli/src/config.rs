@@ -228,8 +228,11 @@ fn values_for(
 
 /// The option `long` of `sub` (not `--help`, `--config` or a positional).
 fn find<'a>(sub: &'a clap::Command, long: &str) -> Option<&'a clap::Arg> {
-    sub.get_arguments()
-        .find(|a| a.get_long() == Some(long) && !matches!(long, "help" | "version" | "config"))
+    sub.get_arguments().find(|a| {
+        a.get_long() == Some(long)
+            && !a.is_hide_set()
+            && !matches!(long, "help" | "version" | "config")
+    })
 }
 
 /// A value as the command-line words for `--long`.

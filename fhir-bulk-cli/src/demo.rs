@@ -65,6 +65,7 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<(), CliError> {
         output: args.output.clone(),
         keep_job: false,
         fresh: true,
+        history: false,
     };
     let result = export::run(&export_args).await;
     server.shutdown().await;

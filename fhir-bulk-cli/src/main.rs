@@ -37,6 +37,7 @@ mod download;
 mod error;
 mod escape;
 mod export;
+mod history;
 mod lock;
 mod log;
 mod manifest;
