@@ -167,8 +167,8 @@ pub(crate) struct ServerArgs {
     pub(crate) google_credentials: Option<PathBuf>,
     /// The kind of server, for its encodings, documented limits, poll defaults and readings of
     /// Retry-After and DELETE answers: stu4, oracle, epic, google, microsoft, smart or generic
-    /// [default: from the base URL's host when it is a vendor's cloud, else generic; -v tells
-    /// which profile the CapabilityStatement suggests].
+    /// [default: from the base URL's host when it is a vendor's cloud, else generic; `export`
+    /// suggests the profile the CapabilityStatement's software matches].
     #[arg(long, value_name = "NAME", value_parser = parse_profile, help_heading = "Server")]
     pub(crate) server_profile: Option<ServerProfile>,
 }
