@@ -24,7 +24,11 @@ use std::time::Instant;
 /// What to run again to resume (checked after the interruption: before the kick-off answer
 /// there is nothing to resume).
 pub(crate) fn resume_hint(dir: &Path) -> String {
-    let state = StateFile::path_in(dir);
+    // A history keeps the state in the newest run's subdirectory.
+    let state = match history::newest_run(dir) {
+        Some(run) if !StateFile::path_in(dir).exists() => StateFile::path_in(&run),
+        _ => StateFile::path_in(dir),
+    };
     if state.exists() {
         format!(
             "the finished files and the job state ({}) are kept; run the same command again \

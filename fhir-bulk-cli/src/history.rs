@@ -152,6 +152,18 @@ pub(crate) fn is_run_dir_name(name: &str) -> bool {
                 .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
 }
 
+/// The newest run subdirectory of `root`, if it holds any.
+pub(crate) fn newest_run(root: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|name| is_run_dir_name(name))
+        .max()
+        .map(|name| root.join(name))
+}
+
 /// Reads `latest.json` (none yet: an empty history).
 pub(crate) fn load(root: &Path) -> Result<Pointer, CliError> {
     let path = root.join(POINTER_FILE);

@@ -179,6 +179,13 @@ async fn an_interrupted_run_is_resumed_in_its_subdirectory_not_taken_as_complete
     let interrupted = runs(&root);
     assert_eq!(interrupted.len(), 1);
     assert!(!interrupted[0].join("Patient.1.ndjson").exists());
+    // The hint names the run's own job state.
+    assert!(
+        first
+            .stderr
+            .contains(s(&interrupted[0].join("fhir-bulk-job.json"))),
+        "{first:#?}"
+    );
 
     // The rerun resumes that run: no new kick-off, no new subdirectory, no _since.
     let second = run(&args).await;
