@@ -460,6 +460,7 @@ mod tests {
         let e = from_lib(Error::BadManifest {
             url: "https://x/jobs/1".into(),
             message: "bad \x1b]0;owned\x07 \u{202e}txt".into(),
+            source: None,
         });
         let text = e.to_string();
         assert!(!text.chars().any(|c| c.is_control()), "{text:?}");

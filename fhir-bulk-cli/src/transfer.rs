@@ -156,6 +156,7 @@ impl<'a> Downloads<'a> {
                                 "the manifests name two files {}: {seen} and {url}",
                                 relative.display()
                             ),
+                            source: None,
                         },
                     ));
                 }

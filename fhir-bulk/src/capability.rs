@@ -109,6 +109,7 @@ impl BulkClient {
         let raw: Value = serde_json::from_slice(&answer.body).map_err(|e| Error::BadManifest {
             url: redact_url(&answer.url),
             message: format!("the CapabilityStatement is not JSON: {e}"),
+            source: Some(Box::new(e)),
         })?;
         if raw["resourceType"] != "CapabilityStatement" {
             return Err(Error::UnexpectedResponse {

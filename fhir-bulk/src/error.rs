@@ -136,6 +136,9 @@ pub enum Error {
         url: String,
         /// What is wrong.
         message: String,
+        /// The underlying error (the JSON parser's, or the URL parser's), when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
     /// A manifest file URL cannot be downloaded over HTTP(S).

@@ -307,6 +307,7 @@ impl ExportJob {
                 .map_err(|e| Error::BadManifest {
                     url: redact_url(&self.handle.status_url),
                     message: format!("manifest `next` link is not a URL: {e}"),
+                    source: Some(Box::new(e)),
                 })?;
             fetched += 1;
             if fetched > MAX_MANIFEST_PAGES {
@@ -316,6 +317,7 @@ impl ExportJob {
                         "the manifest `next` links go on past {MAX_MANIFEST_PAGES} pages; \
                          stopped (a server paging without end)"
                     ),
+                    source: None,
                 });
             }
             let call = self.get("a manifest page request", url).what("manifest");
@@ -340,6 +342,7 @@ impl ExportJob {
                     message: "a manifest page lists no file not seen before, yet links to \
                               another page; stopped (a server paging without end)"
                         .into(),
+                    source: None,
                 });
             }
             next = pages.add(page, true);
