@@ -57,7 +57,8 @@ pub(crate) fn command() -> clap::Command {
 /// The environment variable of an option: `FHIR_BULK_` and its long name in capitals.
 pub(crate) fn env_name(arg: &clap::Arg) -> Option<String> {
     let long = arg.get_long()?;
-    if matches!(long, "help" | "version" | "config")
+    if arg.is_hide_set()
+        || matches!(long, "help" | "version" | "config")
         || matches!(
             arg.get_action(),
             ArgAction::Count | ArgAction::Help | ArgAction::Version
@@ -166,8 +167,8 @@ pub(crate) struct ServerArgs {
     pub(crate) google_credentials: Option<PathBuf>,
     /// The kind of server, for its encodings, documented limits, poll defaults and readings of
     /// Retry-After and DELETE answers: stu4, oracle, epic, google, microsoft, smart or generic
-    /// [default: from the base URL's host when it is a vendor's cloud, else generic; -v tells
-    /// which profile the CapabilityStatement suggests].
+    /// [default: from the base URL's host when it is a vendor's cloud, else generic; `export`
+    /// suggests the profile the CapabilityStatement's software matches].
     #[arg(long, value_name = "NAME", value_parser = parse_profile, help_heading = "Server")]
     pub(crate) server_profile: Option<ServerProfile>,
 }
@@ -349,8 +350,14 @@ pub(crate) struct ExportArgs {
     )]
     pub(crate) types: Vec<String>,
 
-    /// Only resources changed after this FHIR instant: _since.
-    #[arg(long, value_name = "INSTANT", help_heading = "Kick-off parameters")]
+    /// Only resources changed after this FHIR instant: _since. `auto`: the transactionTime
+    /// of the last complete export of the same request in the --output-dir history (a full
+    /// export when there is none); implies --history.
+    #[arg(
+        long,
+        value_name = "INSTANT|auto",
+        help_heading = "Kick-off parameters"
+    )]
     pub(crate) since: Option<String>,
 
     /// Only resources changed before this FHIR instant: _until.
@@ -476,9 +483,17 @@ pub(crate) struct ExportArgs {
     pub(crate) keep_job: bool,
 
     /// Forget the export recorded in the output directory (its state, manifest and files) and
-    /// kick off a new one. The old job is left on the server.
+    /// kick off a new one. The old job is left on the server. With --history: leave an
+    /// interrupted run as it is and start a new one.
     #[arg(long, help_heading = "Transfer")]
     pub(crate) fresh: bool,
+
+    // Flags of the history (incremental exports, see history.rs).
+    /// Keep a history in --output-dir: each run in a dated subdirectory
+    /// (2026-12-01T19-55-03Z/), each complete one recorded in latest.json for --since auto;
+    /// an interrupted run is resumed by the next run of the same request.
+    #[arg(long, help_heading = "Transfer")]
+    pub(crate) history: bool,
 }
 
 /// The job a `status` or `cancel` command acts on, and how to reach it.
@@ -562,6 +577,11 @@ pub(crate) struct DownloadArgs {
     /// together write exactly what one would.
     #[arg(long, value_name = "K/N", value_parser = crate::cloud::parse_shard, help_heading = "Transfer")]
     pub(crate) shard: Option<fhir_bulk::storage::Shard>,
+
+    /// Accepted only to refuse it with the reason (`--since` belongs to `export`); hidden, no
+    /// environment variable, not read from the config file.
+    #[arg(long, value_name = "INSTANT|auto", hide = true)]
+    pub(crate) since: Option<String>,
 }
 
 /// `fhir-bulk demo`.

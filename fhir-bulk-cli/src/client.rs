@@ -13,27 +13,12 @@ use std::time::Duration;
 /// whole retry budget spent on `/metadata`.
 pub(crate) const CAPABILITY_BUDGET: Duration = Duration::from_secs(4);
 
-/// `[base]/metadata`, given at most [`CAPABILITY_BUDGET`].
+/// `[base]/metadata`, given at most [`CAPABILITY_BUDGET`] (the library's per-call budget:
+/// each retry is shown, and a server that refuses connections is reported within it).
 pub(crate) async fn capability_statement(
     client: &BulkClient,
 ) -> Result<CapabilityStatement, Error> {
-    match tokio::time::timeout(CAPABILITY_BUDGET, client.capability_statement()).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::Transport {
-            context: "the CapabilityStatement request",
-            kind: fhir_bulk::TransportErrorKind::Timeout,
-            url: client
-                .base_url()
-                .join("metadata")
-                .map(|u| fhir_bulk::redact_url_str(u.as_str()))
-                .unwrap_or_default(),
-            message: format!(
-                "no answer within {} s; going on without it",
-                CAPABILITY_BUDGET.as_secs()
-            ),
-            source: None,
-        }),
-    }
+    client.capability_statement_within(CAPABILITY_BUDGET).await
 }
 
 /// A client for the FHIR server at `base`, with the auth, headers, trusted origins and poll

@@ -20,6 +20,64 @@ use crate::error::CliError;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+/// Which setting of the configuration a [`ConfigError`] is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Setting {
+    /// The file itself (`--config FILE`, `FHIR_BULK_CONFIG` or the search path's): missing,
+    /// unreadable or not TOML.
+    File(PathBuf),
+    /// A `[table]` of the file that is not a subcommand reading it.
+    Table {
+        /// The file.
+        file: PathBuf,
+        /// The table's name.
+        table: String,
+    },
+    /// A key of the file: unknown, or with a bad value.
+    Key {
+        /// The file.
+        file: PathBuf,
+        /// The `[table]` it is in; `None` at the top level.
+        table: Option<String>,
+        /// The key as written.
+        key: String,
+    },
+}
+
+/// A bad config file or key: the setting at fault and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConfigError {
+    /// The setting at fault.
+    pub(crate) setting: Setting,
+    /// What is wrong and how to fix it.
+    pub(crate) message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    /// `--config: FILE: `KEY`: MESSAGE` (the file's own errors name it in the message).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.setting {
+            Setting::File(_) => write!(f, "--config: {}", self.message),
+            Setting::Table { file, .. } | Setting::Key { file, .. } => {
+                write!(f, "--config: {}: {}", file.display(), self.message)
+            }
+        }
+    }
+}
+
+impl From<ConfigError> for CliError {
+    fn from(e: ConfigError) -> CliError {
+        CliError::Config(e)
+    }
+}
+
+fn file_error(path: &Path, message: String) -> CliError {
+    CliError::Config(ConfigError {
+        setting: Setting::File(path.to_path_buf()),
+        message,
+    })
+}
+
 /// The subcommands that read the config file and the environment (not the demo, whose
 /// output directory is emptied first; not `completions` or `man`).
 pub(crate) const CONFIGURABLE: &[&str] = &["export", "status", "cancel", "download"];
@@ -35,10 +93,8 @@ pub(crate) fn locate(
 ) -> Result<Option<PathBuf>, CliError> {
     if let Some(path) = explicit {
         if !path.is_file() {
-            return Err(CliError::usage(
-                "--config",
-                format!("{} does not exist or is not a file", path.display()),
-            ));
+            let message = format!("{} does not exist or is not a file", path.display());
+            return Err(file_error(&path, message));
         }
         return Ok(Some(path));
     }
@@ -74,10 +130,10 @@ pub(crate) fn apply(cmd: &clap::Command, args: Vec<OsString>) -> Result<Vec<OsSt
         return Ok(args);
     };
     let text = std::fs::read_to_string(&path)
-        .map_err(|e| CliError::usage("--config", format!("cannot read {}: {e}", path.display())))?;
+        .map_err(|e| file_error(&path, format!("cannot read {}: {e}", path.display())))?;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        CliError::usage(
-            "--config",
+        file_error(
+            &path,
             format!("{} is not valid TOML: {}", path.display(), e.message()),
         )
     })?;
@@ -172,15 +228,26 @@ fn values_for(
     skip: impl Fn(&clap::Arg) -> bool,
 ) -> Result<Vec<OsString>, CliError> {
     let bad =
-        |message: String| CliError::usage("--config", format!("{}: {message}", path.display()));
-    let mut chosen: Vec<(String, &toml::Value)> = Vec::new();
+        |setting: Setting, message: String| CliError::Config(ConfigError { setting, message });
+    let key_of = |table: Option<&str>, key: &str| Setting::Key {
+        file: path.to_path_buf(),
+        table: table.map(str::to_owned),
+        key: key.to_owned(),
+    };
+    let mut chosen: Vec<(String, &toml::Value, Option<&str>)> = Vec::new();
     for (key, value) in table {
         if let toml::Value::Table(_) = value {
             if !CONFIGURABLE.contains(&key.as_str()) {
-                return Err(bad(format!(
-                    "[{key}] is not a subcommand that reads the config file (those are {})",
-                    CONFIGURABLE.join(", ")
-                )));
+                return Err(bad(
+                    Setting::Table {
+                        file: path.to_path_buf(),
+                        table: key.clone(),
+                    },
+                    format!(
+                        "[{key}] is not a subcommand that reads the config file (those are {})",
+                        CONFIGURABLE.join(", ")
+                    ),
+                ));
             }
             continue;
         }
@@ -190,46 +257,58 @@ fn values_for(
                 .is_some_and(|s| find(s, &long).is_some())
         });
         if !known {
-            return Err(bad(format!(
-                "`{key}` is not an option of fhir-bulk (keys are long option names, e.g. \
-                 `concurrency = 8`)"
-            )));
+            return Err(bad(
+                key_of(None, key),
+                format!(
+                    "`{key}` is not an option of fhir-bulk (keys are long option names, e.g. \
+                     `concurrency = 8`)"
+                ),
+            ));
         }
         if find(sub, &long).is_some() {
-            chosen.push((long, value));
+            chosen.push((long, value, None));
         }
     }
     if let Some(toml::Value::Table(own)) = table.get(sub.get_name()) {
         for (key, value) in own {
             let long = key.replace('_', "-");
             if find(sub, &long).is_none() {
-                return Err(bad(format!(
-                    "[{}] `{key}` is not an option of `fhir-bulk {}`",
-                    sub.get_name(),
-                    sub.get_name()
-                )));
+                return Err(bad(
+                    key_of(Some(sub.get_name()), key),
+                    format!(
+                        "[{}] `{key}` is not an option of `fhir-bulk {}`",
+                        sub.get_name(),
+                        sub.get_name()
+                    ),
+                ));
             }
-            chosen.retain(|(k, _)| *k != long);
-            chosen.push((long, value));
+            chosen.retain(|(k, _, _)| *k != long);
+            chosen.push((long, value, Some(sub.get_name())));
         }
     }
     let mut words = Vec::new();
-    for (long, value) in chosen {
+    for (long, value, in_table) in chosen {
         let Some(arg) = find(sub, &long) else {
             continue;
         };
         if skip(arg) {
             continue;
         }
-        words.extend(words_for(arg, &long, value).map_err(|m| bad(format!("`{long}`: {m}")))?);
+        words.extend(
+            words_for(arg, &long, value)
+                .map_err(|m| bad(key_of(in_table, &long), format!("`{long}`: {m}")))?,
+        );
     }
     Ok(words)
 }
 
 /// The option `long` of `sub` (not `--help`, `--config` or a positional).
 fn find<'a>(sub: &'a clap::Command, long: &str) -> Option<&'a clap::Arg> {
-    sub.get_arguments()
-        .find(|a| a.get_long() == Some(long) && !matches!(long, "help" | "version" | "config"))
+    sub.get_arguments().find(|a| {
+        a.get_long() == Some(long)
+            && !a.is_hide_set()
+            && !matches!(long, "help" | "version" | "config")
+    })
 }
 
 /// A value as the command-line words for `--long`.
@@ -355,6 +434,54 @@ mod tests {
             e.to_string().contains("`gzip`: expected true or false"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn errors_name_the_setting_by_type() {
+        let setting = |text: &str, args: &[&str]| match with_file(text, args) {
+            Err(CliError::Config(e)) => e.setting,
+            other => panic!("expected a config error, got {other:?}"),
+        };
+        let file = PathBuf::from("f.toml");
+        assert_eq!(
+            setting("concurency = 8", &["fhir-bulk", "export", "u"]),
+            Setting::Key {
+                file: file.clone(),
+                table: None,
+                key: "concurency".into()
+            }
+        );
+        assert_eq!(
+            setting("[status]\nconcurrency = 8", &["fhir-bulk", "status", "u"]),
+            Setting::Key {
+                file: file.clone(),
+                table: Some("status".into()),
+                key: "concurrency".into()
+            }
+        );
+        assert_eq!(
+            setting("[export]\ngzip = 1", &["fhir-bulk", "export", "u"]),
+            Setting::Key {
+                file: file.clone(),
+                table: Some("export".into()),
+                key: "gzip".into()
+            }
+        );
+        assert_eq!(
+            setting("[demo]\npatients = 8", &["fhir-bulk", "export", "u"]),
+            Setting::Table {
+                file,
+                table: "demo".into()
+            }
+        );
+        let missing = PathBuf::from("/nonexistent/fhir-bulk.toml");
+        match locate(Some(missing.clone()), None, None) {
+            Err(CliError::Config(e)) => {
+                assert_eq!(e.setting, Setting::File(missing));
+                assert!(e.to_string().starts_with("--config: "), "{e}");
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
     }
 
     #[test]

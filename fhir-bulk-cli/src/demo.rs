@@ -66,6 +66,7 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<(), CliError> {
         attachments: Default::default(),
         keep_job: false,
         fresh: true,
+        history: false,
     };
     let result = export::run(&export_args).await;
     server.shutdown().await;

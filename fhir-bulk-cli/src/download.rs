@@ -101,6 +101,7 @@ async fn token_first(client: &BulkClient, server: &ServerArgs) -> Result<(), Cli
 /// Downloads the files of a finished job.
 pub(crate) async fn run(args: &DownloadArgs) -> Result<(), CliError> {
     let started = Instant::now();
+    crate::history::refuse_for_download(args.since.as_deref())?;
     if let Some(done) = crate::cloud::download(args).await {
         return done;
     }

@@ -12,6 +12,8 @@ use std::process::ExitCode;
 pub(crate) enum CliError {
     /// Bad usage or bad input: a one-line explanation naming the flag to fix. Exit code 2.
     Usage(String),
+    /// A bad config file or key, typed by the setting at fault. Exit code 2.
+    Config(crate::config::ConfigError),
     /// The export or a transfer failed: data is missing. Exit code 1.
     Failed(String),
     /// Every file is downloaded, but the server's error files report error or fatal issues.
@@ -33,7 +35,7 @@ impl CliError {
     /// The process exit code.
     pub(crate) fn exit_code(&self) -> ExitCode {
         match self {
-            CliError::Usage(_) => ExitCode::from(2),
+            CliError::Usage(_) | CliError::Config(_) => ExitCode::from(2),
             CliError::Failed(_) => ExitCode::from(1),
             CliError::ServerReportedErrors(_) => ExitCode::from(EXIT_SERVER_REPORTED_ERRORS),
             CliError::Interrupted => ExitCode::from(130),
@@ -47,6 +49,7 @@ impl fmt::Display for CliError {
             CliError::Usage(m) | CliError::Failed(m) | CliError::ServerReportedErrors(m) => {
                 f.write_str(m)
             }
+            CliError::Config(e) => fmt::Display::fmt(e, f),
             CliError::Interrupted => f.write_str("interrupted"),
         }
     }
@@ -457,6 +460,7 @@ mod tests {
         let e = from_lib(Error::BadManifest {
             url: "https://x/jobs/1".into(),
             message: "bad \x1b]0;owned\x07 \u{202e}txt".into(),
+            source: None,
         });
         let text = e.to_string();
         assert!(!text.chars().any(|c| c.is_control()), "{text:?}");

@@ -5,6 +5,7 @@
 use crate::args::ExportArgs;
 use crate::client;
 use crate::error::{CliError, Step, describe, describe_in};
+use crate::history::{self, Since};
 use crate::lock::DirLock;
 use crate::log::{self, EventLog};
 use crate::manifest;
@@ -23,7 +24,11 @@ use std::time::Instant;
 /// What to run again to resume (checked after the interruption: before the kick-off answer
 /// there is nothing to resume).
 pub(crate) fn resume_hint(dir: &Path) -> String {
-    let state = StateFile::path_in(dir);
+    // A history keeps the state in the newest run's subdirectory.
+    let state = match history::newest_run(dir) {
+        Some(run) if !StateFile::path_in(dir).exists() => StateFile::path_in(&run),
+        _ => StateFile::path_in(dir),
+    };
     if state.exists() {
         format!(
             "the finished files and the job state ({}) are kept; run the same command again \
@@ -39,24 +44,46 @@ pub(crate) fn resume_hint(dir: &Path) -> String {
 pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
     let started = Instant::now();
     crate::cloud::refuse_store_output(&args.output_dir)?;
-    let request = request::build(args)?;
+    let since = Since::from_arg(args.since.as_deref());
+    let with_history = args.history || since == Since::Auto;
+    let request = if since == Since::Auto {
+        refuse_two_sinces(args)?;
+        let mut without = args.clone();
+        without.since = None;
+        request::build(&without)?
+    } else {
+        request::build(args)?
+    };
     let client = client::build(&args.base_url, &args.server, &args.poll)?;
     let base = client.base_url().to_string();
-    let dir = args.output_dir.as_path();
-    std::fs::create_dir_all(dir).map_err(|e| {
+    let root = args.output_dir.as_path();
+    std::fs::create_dir_all(root).map_err(|e| {
         CliError::usage(
             "--output-dir",
-            format!("cannot create {}: {e}", dir.display()),
+            format!("cannot create {}: {e}", root.display()),
         )
     })?;
-    let _lock = DirLock::acquire(dir)?;
+    let _root_lock = DirLock::acquire(root)?;
     let reporter = Reporter::new(&args.output);
+    // A history run: its own subdirectory (an interrupted run's, or a new dated one), locked
+    // as well, so a plain run can never share it.
+    let (history, request, _run_lock, fresh) = if with_history {
+        refuse_plain_export(root)?;
+        let plan = history::plan(root, &base, request, &since, args.fresh)?;
+        reporter.milestone(&plan.note);
+        let lock = DirLock::acquire(&plan.dir)?;
+        (Some(plan.dir), plan.request, Some(lock), false)
+    } else {
+        refuse_history(root)?;
+        (None, request, None, args.fresh)
+    };
+    let dir = history.as_deref().unwrap_or(root);
     let existing = match StateFile::load(dir)? {
-        Some(old) if args.fresh => {
+        Some(old) if fresh => {
             discard(dir, Some(&old), &reporter)?;
             None
         }
-        None if args.fresh => {
+        None if fresh => {
             discard(dir, None, &reporter)?;
             None
         }
@@ -97,7 +124,10 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
                 ),
             ));
         }
-        None => kick_off(&client, &request, dir, &reporter).await?,
+        None => {
+            let profile_given = args.server.server_profile.is_some();
+            kick_off(&client, &request, dir, &reporter, profile_given).await?
+        }
     };
     let log = open_log(dir, &state.state.export_id)?;
     let mut downloads = Downloads::new(&client, dir, &args.output, &log, &reporter);
@@ -136,6 +166,9 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
         started,
         ". The job was not deleted",
     )?;
+    if history.is_some() {
+        record_in_history(root, dir, &base, &request, &state, &reporter)?;
+    }
     let job_note = finish_job(&job, args.keep_job, &mut state, &reporter).await;
     transfer::summarize(
         dir,
@@ -146,6 +179,74 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
         Some(job_note),
         &reporter,
     )
+}
+
+/// `--since auto` with `--param _since=...`: two answers to one question.
+fn refuse_two_sinces(args: &ExportArgs) -> Result<(), CliError> {
+    if args.params.iter().any(|(name, _)| name == "_since") {
+        return Err(CliError::usage(
+            "--since",
+            "`--since auto` takes _since from the history, and --param _since=... gives \
+             another one; drop one of them",
+        ));
+    }
+    Ok(())
+}
+
+/// A history run refuses an output root that holds a plain export (its job state at the top).
+fn refuse_plain_export(root: &Path) -> Result<(), CliError> {
+    if StateFile::path_in(root).exists() || !state::export_like_files(root).is_empty() {
+        return Err(CliError::usage(
+            "--output-dir",
+            format!(
+                "{} holds an export made without --history (its files are at the top, not \
+                 in dated subdirectories); use another --output-dir for the history, or run \
+                 without --history / --since auto",
+                root.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A plain run refuses an output root that holds a history.
+fn refuse_history(root: &Path) -> Result<(), CliError> {
+    if root.join(history::POINTER_FILE).exists() {
+        return Err(CliError::usage(
+            "--output-dir",
+            format!(
+                "{} holds an export history ({}); pass --history (or --since auto) to add a \
+                 run to it, or use another --output-dir",
+                root.display(),
+                history::POINTER_FILE
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Records the complete run in the history's `latest.json`, for the next `--since auto`.
+fn record_in_history(
+    root: &Path,
+    dir: &Path,
+    base: &str,
+    request: &ExportRequest,
+    state: &StateFile,
+    reporter: &Reporter,
+) -> Result<(), CliError> {
+    let Some(time) = state.state.transaction_time.as_deref() else {
+        reporter.warn(
+            "the manifest has no transactionTime, so this run is not recorded for --since auto",
+        );
+        return Ok(());
+    };
+    history::record_complete(root, dir, base, request, time)?;
+    reporter.info(&format!(
+        "history: recorded in {} (transactionTime {}) for the next --since auto",
+        root.join(history::POINTER_FILE).display(),
+        crate::escape::server_text(time)
+    ));
+    Ok(())
 }
 
 pub(crate) fn open_log(dir: &Path, export_id: &str) -> Result<EventLog, CliError> {
@@ -206,6 +307,7 @@ async fn kick_off(
     request: &ExportRequest,
     dir: &Path,
     reporter: &Reporter,
+    profile_given: bool,
 ) -> Result<(StateFile, ExportJob), CliError> {
     let mut state = JobState::new(Phase::Running);
     let log = open_log(dir, &state.export_id)?;
@@ -222,14 +324,21 @@ async fn kick_off(
             None
         }
     };
+    // The suggestion is one line at normal verbosity, shown once (at the kick-off), when no
+    // --server-profile was given; with one, -v still tells what the server names.
     if let Some(suggested) = server.as_ref().and_then(|s| s.suggested_profile())
         && suggested != client.server_profile()
     {
-        reporter.detail(&format!(
+        let line = format!(
             "the CapabilityStatement names {}: consider --server-profile {suggested} (using {})",
             suggested.display_name(),
             client.server_profile()
-        ));
+        );
+        if profile_given {
+            reporter.detail(&line);
+        } else {
+            reporter.info(&line);
+        }
     } else {
         reporter.detail(&format!("server profile: {}", client.server_profile()));
     }

@@ -38,6 +38,7 @@ mod download;
 mod error;
 mod escape;
 mod export;
+mod history;
 mod lock;
 mod log;
 mod manifest;

@@ -7,10 +7,19 @@ pub(crate) fn now() -> String {
     format_utc(SystemTime::now())
 }
 
-/// `time` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (times before 1970 print as the epoch).
+/// `time` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (times before 1970 print as the epoch): the
+/// library's `Timestamp` truncated to the millisecond, which it prints with three digits, or
+/// none for a whole second.
 pub(crate) fn format_utc(time: SystemTime) -> String {
-    let time = time.max(UNIX_EPOCH);
-    fhir_bulk::resource::Timestamp::from(time).to_millis_string()
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = i64::try_from(since.as_secs()).unwrap_or(i64::MAX);
+    let stamp = fhir_bulk::resource::Timestamp::from_unix(secs, since.subsec_millis() * 1_000_000)
+        .unwrap_or(fhir_bulk::resource::Timestamp::UNIX_EPOCH)
+        .to_string();
+    match stamp.strip_suffix('Z') {
+        Some(whole) if !whole.contains('.') => format!("{whole}.000Z"),
+        _ => stamp,
+    }
 }
 
 /// Seconds as a `Retry-After`-like string: `30`, or `0.4` for fractions (to the millisecond).

@@ -174,6 +174,7 @@ impl<'a> Downloads<'a> {
                                 "the manifests name two files {}: {seen} and {url}",
                                 relative.display()
                             ),
+                            source: None,
                         },
                     ));
                 }

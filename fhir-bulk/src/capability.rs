@@ -78,8 +78,19 @@ impl CapabilityStatement {
 }
 
 impl BulkClient {
-    /// Fetches `[base]/metadata`.
+    /// Fetches `[base]/metadata`, retrying transient failures under the client's
+    /// [`RetryPolicy`](crate::RetryPolicy).
     pub async fn capability_statement(&self) -> Result<CapabilityStatement> {
+        let mut ctx = self.inner.retry_context();
+        self.capability_statement_in(&mut ctx).await
+    }
+
+    /// [`BulkClient::capability_statement`] within a budget of time (see
+    /// [`BulkClient::capability_statement_within`]).
+    pub(crate) async fn capability_statement_in(
+        &self,
+        ctx: &mut crate::transport::retry::RetryContext,
+    ) -> Result<CapabilityStatement> {
         let inner = &self.inner;
         let url = inner
             .base
@@ -91,13 +102,14 @@ impl BulkClient {
         let call = Call::new("the CapabilityStatement request", Method::GET, url)
             .what("capability statement")
             .header(ACCEPT, "application/fhir+json");
-        let answer = inner.request(&call).await?;
+        let answer = inner.request_in(&call, ctx).await?;
         if answer.status != 200 {
             return Err(inner.unexpected("the CapabilityStatement request", &answer));
         }
         let raw: Value = serde_json::from_slice(&answer.body).map_err(|e| Error::BadManifest {
             url: redact_url(&answer.url),
             message: format!("the CapabilityStatement is not JSON: {e}"),
+            source: Some(Box::new(e)),
         })?;
         if raw["resourceType"] != "CapabilityStatement" {
             return Err(Error::UnexpectedResponse {

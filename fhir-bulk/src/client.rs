@@ -123,6 +123,36 @@ impl BulkClient {
         self.inner.profile
     }
 
+    /// [`BulkClient::capability_statement`] within a per-call budget of time, for a look at
+    /// the server that must not delay what comes next (the CLI reads it for its log before
+    /// the kick-off). Transient failures are retried as usual (each retry is a
+    /// `fhir_bulk::retry` event), but no retry is scheduled whose wait would pass `budget`,
+    /// and an attempt still running when `budget` has passed is abandoned: the error is then
+    /// [`Error::Transport`](crate::Error::Transport) of kind
+    /// [`Timeout`](crate::TransportErrorKind::Timeout). A server that refuses connections is
+    /// reported within `budget`.
+    pub async fn capability_statement_within(
+        &self,
+        budget: std::time::Duration,
+    ) -> Result<crate::CapabilityStatement> {
+        let mut ctx = self.inner.retry_context().within(budget);
+        match tokio::time::timeout(budget, self.capability_statement_in(&mut ctx)).await {
+            Ok(result) => result,
+            Err(_) => Err(crate::Error::Transport {
+                context: "the CapabilityStatement request",
+                kind: crate::TransportErrorKind::Timeout,
+                url: self
+                    .inner
+                    .base
+                    .join("metadata")
+                    .map(|u| crate::secret::redact_url(&u))
+                    .unwrap_or_default(),
+                message: format!("no answer within the budget of {} ms", budget.as_millis()),
+                source: None,
+            }),
+        }
+    }
+
     /// Kicks off `request` and waits for it to complete.
     pub async fn export(&self, request: &ExportRequest) -> Result<CompletedExport> {
         let span = tracing::info_span!("export", base = %self.inner.base.as_str());

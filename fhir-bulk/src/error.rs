@@ -50,6 +50,21 @@ pub enum Error {
     #[error("export job failed: {0}")]
     JobFailed(Box<ErrorResponse>),
 
+    /// The job was cancelled (DELETE) and its status URL now answers with the manifest of
+    /// the files written before the cancel (Microsoft's FHIR service): partial output, not a
+    /// complete export. Download `partial` knowing it is incomplete, or start a new export.
+    #[error(
+        "the export job at {status_url} was cancelled; the server lists only the files \
+         written before the cancel ({} output file(s)), which are not a complete export",
+        partial.as_ref().map_or(0, |m| m.output.len())
+    )]
+    JobCancelled {
+        /// The status URL, without its query string.
+        status_url: String,
+        /// The manifest of the files written before the cancel, when the server sent one.
+        partial: Option<Box<crate::manifest::Manifest>>,
+    },
+
     /// The status URL is unknown: the job was deleted, cancelled or has expired.
     #[error("export job not found (deleted, cancelled or expired): {0}")]
     JobNotFound(Box<ErrorResponse>),
@@ -61,7 +76,8 @@ pub enum Error {
         attempts: usize,
         /// Time spent, waits included.
         elapsed: Duration,
-        /// The last failure.
+        /// The last failure (also the error's [`source`](std::error::Error::source)).
+        #[source]
         last: Box<Error>,
     },
 
@@ -120,6 +136,9 @@ pub enum Error {
         url: String,
         /// What is wrong.
         message: String,
+        /// The underlying error (the JSON parser's, or the URL parser's), when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
     /// A manifest file URL cannot be downloaded over HTTP(S).

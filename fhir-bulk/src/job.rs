@@ -14,6 +14,8 @@ use reqwest::Method;
 use reqwest::header::ACCEPT;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::Instrument;
 use url::Url;
 
@@ -82,6 +84,10 @@ pub enum PollStatus {
     InProgress(Progress),
     /// The export is complete: the (first) manifest.
     Complete(Box<Manifest>),
+    /// The job was cancelled (DELETE) by this client, and the server still answers with the
+    /// manifest of the files written before the cancel (Microsoft's FHIR service: 200 with a
+    /// partial manifest). Partial output: never take it for a complete export.
+    Cancelled(Box<Manifest>),
 }
 
 /// What a DELETE of the job found.
@@ -115,6 +121,8 @@ pub struct ExportJob {
     pub(crate) client: BulkClient,
     pub(crate) handle: JobHandle,
     pub(crate) kickoff_outcome: Option<OperationOutcome>,
+    /// Whether a DELETE of the job succeeded (shared by the job's clones).
+    pub(crate) cancelled: Arc<AtomicBool>,
 }
 
 impl BulkClient {
@@ -124,6 +132,7 @@ impl BulkClient {
             client: self.clone(),
             handle,
             kickoff_outcome: None,
+            cancelled: Arc::default(),
         }
     }
 
@@ -178,7 +187,7 @@ impl ExportJob {
                 http_status: answer.status,
                 export_status: answer.header("x-export-status"),
                 x_progress: answer.header("x-progress"),
-                expires: answer.header("expires"),
+                expires: answer.expires(),
                 retry_after: inner.retry_after(&answer.headers),
                 body: &answer.body,
                 url: &url,
@@ -190,6 +199,12 @@ impl ExportJob {
             })?;
             return match decision {
                 StatusDecision::InProgress(progress) => Ok(PollStatus::InProgress(progress)),
+                StatusDecision::Complete(manifest)
+                    if self.cancelled.load(Ordering::Relaxed)
+                        && inner.profile.complete_after_cancel_is_partial() =>
+                {
+                    Ok(PollStatus::Cancelled(manifest))
+                }
                 StatusDecision::Complete(manifest) => Ok(PollStatus::Complete(manifest)),
                 StatusDecision::NotFound(r) => Err(Error::JobNotFound(Box::new(r))),
                 StatusDecision::Failed(r) => Err(Error::JobFailed(Box::new(r))),
@@ -235,6 +250,12 @@ impl ExportJob {
                 PollStatus::Complete(manifest) => {
                     self.collect(&mut pages, *manifest, true).await?;
                     return Ok(pages.finish(self.handle.status_url.clone()));
+                }
+                PollStatus::Cancelled(manifest) => {
+                    return Err(Error::JobCancelled {
+                        status_url: redact_url(&self.handle.status_url),
+                        partial: Some(manifest),
+                    });
                 }
                 PollStatus::InProgress(progress) => {
                     on_progress(&progress);
@@ -286,6 +307,7 @@ impl ExportJob {
                 .map_err(|e| Error::BadManifest {
                     url: redact_url(&self.handle.status_url),
                     message: format!("manifest `next` link is not a URL: {e}"),
+                    source: Some(Box::new(e)),
                 })?;
             fetched += 1;
             if fetched > MAX_MANIFEST_PAGES {
@@ -295,6 +317,7 @@ impl ExportJob {
                         "the manifest `next` links go on past {MAX_MANIFEST_PAGES} pages; \
                          stopped (a server paging without end)"
                     ),
+                    source: None,
                 });
             }
             let call = self.get("a manifest page request", url).what("manifest");
@@ -319,6 +342,7 @@ impl ExportJob {
                     message: "a manifest page lists no file not seen before, yet links to \
                               another page; stopped (a server paging without end)"
                         .into(),
+                    source: None,
                 });
             }
             next = pages.add(page, true);
@@ -359,6 +383,7 @@ impl ExportJob {
         .then(|| Manifest::from_slice(&answer.body, &redact_url(&answer.url)).ok())
         .flatten()
         .map(Box::new);
+        self.cancelled.store(true, Ordering::Relaxed);
         Ok(DeleteReport {
             outcome,
             operation_outcome: OperationOutcome::parse(&answer.body),

@@ -313,16 +313,15 @@ impl fmt::Debug for ManifestLink {
 impl Manifest {
     /// Parses a manifest body; `source` (the URL it came from) names it in errors.
     pub fn from_slice(body: &[u8], source: &str) -> Result<Manifest> {
-        let bad = |message: String| Error::BadManifest {
-            url: redact_url_str(source),
-            message,
-        };
-        let mut manifest: Manifest = serde_json::from_slice(body).map_err(|e| {
-            bad(format!(
-                "{e}; the body starts with: {}",
-                String::from_utf8_lossy(&body[..body.len().min(200)])
-            ))
-        })?;
+        let mut manifest: Manifest =
+            serde_json::from_slice(body).map_err(|e| Error::BadManifest {
+                url: redact_url_str(source),
+                message: format!(
+                    "{e}; the body starts with: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                ),
+                source: Some(Box::new(e)),
+            })?;
         manifest.raw = String::from_utf8_lossy(body).into_owned();
         Ok(manifest)
     }

@@ -13,7 +13,7 @@
 
 use std::any::{Any, TypeId};
 use std::borrow::Cow;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -26,7 +26,7 @@ use serde_json::value::RawValue;
 pub enum ParseError {
     /// The line is not valid UTF-8.
     #[error("invalid UTF-8: {0}")]
-    InvalidUtf8(std::str::Utf8Error),
+    InvalidUtf8(#[source] std::str::Utf8Error),
     /// The line is not valid JSON, or not the JSON the target type expects.
     #[error(transparent)]
     Json(JsonError),
@@ -265,22 +265,6 @@ impl Timestamp {
             secs_of_day / 60 % 60,
             secs_of_day % 60
         )
-    }
-
-    /// RFC 3339 in UTC with exactly three fractional digits (truncated), as JavaScript's
-    /// `Date.toISOString` prints: `2024-03-01T17:35:02.123Z`.
-    ///
-    /// ```
-    /// use fhir_bulk::resource::Timestamp;
-    /// let t = Timestamp::parse("2024-03-01T18:35:02.1234+01:00").unwrap();
-    /// assert_eq!(t.to_millis_string(), "2024-03-01T17:35:02.123Z");
-    /// assert_eq!(Timestamp::UNIX_EPOCH.to_millis_string(), "1970-01-01T00:00:00.000Z");
-    /// ```
-    pub fn to_millis_string(&self) -> String {
-        let mut text = String::with_capacity(24);
-        let _ = self.write_date_time(&mut text);
-        let _ = write!(text, ".{:03}Z", self.nanos / 1_000_000);
-        text
     }
 }
 

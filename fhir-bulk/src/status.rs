@@ -5,7 +5,7 @@ use crate::error::{ErrorResponse, Result};
 use crate::manifest::Manifest;
 use crate::outcome::OperationOutcome;
 use crate::retry::is_transient_status;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// What the server said about a running export.
 #[non_exhaustive]
@@ -67,7 +67,8 @@ pub(crate) struct StatusAnswer<'a> {
     pub(crate) http_status: u16,
     pub(crate) export_status: Option<&'a str>,
     pub(crate) x_progress: Option<&'a str>,
-    pub(crate) expires: Option<&'a str>,
+    /// `Expires`, parsed by the transport (`transport::expires`, the crate's one parser).
+    pub(crate) expires: Option<SystemTime>,
     pub(crate) retry_after: Option<Duration>,
     pub(crate) body: &'a [u8],
     pub(crate) url: &'a str,
@@ -82,9 +83,7 @@ pub(crate) fn decide(
     let decision = match status {
         200 => {
             let mut manifest = Manifest::from_slice(answer.body, answer.url)?;
-            manifest.expires = answer
-                .expires
-                .and_then(|e| httpdate::parse_http_date(e).ok());
+            manifest.expires = answer.expires;
             StatusDecision::Complete(Box::new(manifest))
         }
         202 => {
@@ -92,9 +91,7 @@ pub(crate) fn decide(
             let body = answer.body;
             let partial_manifest = if Manifest::looks_like_manifest(body) {
                 let mut m = Manifest::from_slice(body, answer.url)?;
-                m.expires = answer
-                    .expires
-                    .and_then(|e| httpdate::parse_http_date(e).ok());
+                m.expires = answer.expires;
                 Some(Box::new(m))
             } else {
                 None
@@ -203,11 +200,14 @@ mod tests {
     #[test]
     fn complete_with_expires() {
         let mut a = answer(200, MANIFEST);
-        a.expires = Some("Sun, 06 Nov 1994 08:49:37 GMT");
+        a.expires = Some(std::time::UNIX_EPOCH + Duration::from_secs(784_111_777));
         match run(&a) {
             StatusDecision::Complete(m) => {
                 assert_eq!(m.transaction_time, "2024-01-01T00:00:00Z");
-                assert!(m.expires.is_some());
+                assert_eq!(
+                    m.expires,
+                    Some(std::time::UNIX_EPOCH + Duration::from_secs(784_111_777))
+                );
             }
             other => panic!("{other:?}"),
         }

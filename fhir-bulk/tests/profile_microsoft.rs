@@ -121,3 +121,74 @@ async fn post_and_unknown_parameters_are_refused_before_sending() {
         }
     }
 }
+
+/// A poll after the DELETE that answers 200 with the manifest of what was written (the OSS
+/// server's cancelled job) is a cancelled job with partial output, not a completed export;
+/// before any DELETE the same answer is a completed export.
+#[tokio::test]
+async fn a_200_with_a_partial_manifest_after_cancel_is_a_cancelled_job() {
+    let server = MockServer::start().await;
+    let base = server.uri();
+    Mock::given(method("GET"))
+        .and(path("/fhir/$export"))
+        .respond_with(ResponseTemplate::new(202).insert_header(
+            "Content-Location",
+            format!("{base}/fhir/_operations/export/42"),
+        ))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/fhir/_operations/export/42"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "transactionTime": "2024-02-01T10:00:00.000+00:00",
+            "request": format!("{base}/fhir/$export"),
+            "requiresAccessToken": false,
+            "output": [{"type": "Patient",
+                        "url": "https://acct.blob.core.windows.net/exports/Patient-1-1.ndjson",
+                        "count": 12}],
+            "error": []
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/fhir/_operations/export/42"))
+        .respond_with(ResponseTemplate::new(202))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let sleeps = Sleeps::default();
+    let client = common::builder(&server, &sleeps)
+        .server_profile(ServerProfile::Microsoft)
+        .build()
+        .unwrap();
+    let job = client.kick_off(&ExportRequest::system()).await.unwrap();
+    // Not cancelled yet: the same answer is a completed export.
+    assert!(matches!(job.poll().await.unwrap(), PollStatus::Complete(_)));
+
+    let report = job.cancel().await.unwrap();
+    assert_eq!(report.outcome, DeleteOutcome::Deleted);
+    match job.poll().await.unwrap() {
+        PollStatus::Cancelled(partial) => assert_eq!(partial.output.len(), 1),
+        other => panic!("expected a cancelled job, got {other:?}"),
+    }
+    // A clone of the job knows it too, and a wait reports the cancel, typed.
+    match job.clone().wait().await {
+        Err(Error::JobCancelled {
+            status_url,
+            partial,
+        }) => {
+            assert!(
+                status_url.ends_with("/fhir/_operations/export/42"),
+                "{status_url}"
+            );
+            assert_eq!(partial.unwrap().output[0].count, Some(12));
+        }
+        other => panic!("expected JobCancelled, got {other:?}"),
+    }
+
+    // The generic profile keeps the standard reading (a 200 is a complete export).
+    let generic = common::builder(&server, &sleeps).build().unwrap();
+    let job = generic.kick_off(&ExportRequest::system()).await.unwrap();
+    let _ = job.cancel().await;
+    assert!(matches!(job.poll().await.unwrap(), PollStatus::Complete(_)));
+}

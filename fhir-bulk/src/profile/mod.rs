@@ -259,6 +259,15 @@ impl ServerProfile {
         self == ServerProfile::Microsoft && status == 200
     }
 
+    /// Whether a complete (200) status answer after this client's DELETE lists only the files
+    /// written before the cancel: Microsoft answers a cancelled job with 200 and a partial
+    /// manifest instead of 404, so it is reported as [`PollStatus::Cancelled`](crate::PollStatus::Cancelled)
+    /// (and [`Error::JobCancelled`](crate::Error::JobCancelled) from a wait), never as a
+    /// completed export.
+    pub fn complete_after_cancel_is_partial(self) -> bool {
+        self == ServerProfile::Microsoft
+    }
+
     /// Advice for a manifest file URL this client cannot fetch with the FHIR token: cloud
     /// storage (`gs://`, `s3://`, Azure Blob Storage) or another non-HTTP scheme. `None` for
     /// a plain `http(s)` URL of no known storage service.

@@ -97,6 +97,13 @@ impl RetryContext {
         self
     }
 
+    /// A per-call budget: no retry is scheduled whose wait would take the call past `budget`
+    /// (the policy's own `max_elapsed` still applies when it is shorter).
+    pub(crate) fn within(mut self, budget: Duration) -> RetryContext {
+        self.policy.max_elapsed = Some(self.policy.max_elapsed.map_or(budget, |m| m.min(budget)));
+        self
+    }
+
     /// Attempts made so far.
     pub(crate) fn attempts(&self) -> u32 {
         self.attempts
