@@ -2,7 +2,7 @@
 //! and dropped), raw lines (every line checked whole), the default `Resource`, a small user
 //! struct, `serde_json::Value`, raw lines with gzip on the wire; and, without a server, the
 //! two costs a download adds per byte: gzip decoding (as the client feeds it, 8 KiB slices)
-//! and the whole-line check.
+//! and the whole-line check (with the serde_json check it replaced, for comparison).
 //!
 //! `cargo bench -p fhir-bulk --bench throughput`
 #![allow(clippy::unwrap_used, reason = "tests and benches fail loudly")]
@@ -216,7 +216,8 @@ fn gzip_decode(bencher: Bencher) {
     });
 }
 
-/// The whole-line check alone (UTF-8, one JSON object, nothing after it), per line.
+/// The whole-line check alone (UTF-8, one JSON object, nothing after it), per line: the
+/// validating scan of `check_line`.
 #[divan::bench(sample_count = 10, sample_size = 1)]
 fn line_check(bencher: Bencher) {
     let s = gzip_setup();
@@ -227,6 +228,46 @@ fn line_check(bencher: Bencher) {
             let mut n = 0u64;
             for line in s.ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 fhir_bulk::resource::check_line(line).expect("valid line");
+                n += 1;
+            }
+            assert_eq!(n, s.lines);
+        });
+}
+
+/// The serde_json check the validating scan replaced (UTF-8 over the line, then serde_json's
+/// skipping parse of one object to its end), on the same lines: the before of `line_check`.
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn line_check_serde_reference(bencher: Bencher) {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct Members;
+
+    impl<'de> Visitor<'de> for Members {
+        type Value = ();
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while map.next_key::<IgnoredAny>()?.is_some() {
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+
+    let s = gzip_setup();
+    bencher
+        .counter(BytesCount::new(s.ndjson.len()))
+        .counter(ItemsCount::new(s.lines))
+        .bench(|| {
+            let mut n = 0u64;
+            for line in s.ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let text = std::str::from_utf8(line).expect("UTF-8");
+                let mut deserializer = serde_json::Deserializer::from_str(text);
+                deserializer.deserialize_map(Members).expect("valid line");
+                deserializer.end().expect("valid line");
                 n += 1;
             }
             assert_eq!(n, s.lines);

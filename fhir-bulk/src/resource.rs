@@ -846,9 +846,11 @@ impl<'de> Visitor<'de> for ProbeVisitor<'_, 'de> {
 /// none).
 ///
 /// This is the integrity check every downloaded line passes before it is counted or saved. It
-/// builds no values: the UTF-8 check runs over the whole line first (serde_json does not check
-/// strings it skips), then one validating scan reads the object to its end, skipping every
-/// value except `resourceType`.
+/// builds no values: the UTF-8 check runs over the whole line first (SIMD-accelerated; a
+/// skipping JSON parser would not check the strings it skips), then one validating scan reads
+/// the object to its end, eight bytes at a time through string contents. Containers may nest
+/// 127 deep, serde_json's limit for typed parsing. A bad line is explained by serde_json's
+/// message (what is wrong, and the column).
 ///
 /// ```
 /// use fhir_bulk::resource::{check_line, ParseError};
@@ -864,7 +866,50 @@ impl<'de> Visitor<'de> for ProbeVisitor<'_, 'de> {
 /// # Ok::<(), ParseError>(())
 /// ```
 pub fn check_line(line: &[u8]) -> Result<Option<Cow<'_, str>>, ParseError> {
-    let text = std::str::from_utf8(line).map_err(ParseError::InvalidUtf8)?;
+    let text = utf8(line)?;
+    match line_check::scan(line) {
+        line_check::Scan::Valid(None) => Ok(None),
+        line_check::Scan::Valid(Some(span)) if !span.escaped => {
+            Ok(Some(Cow::Borrowed(&text[span.start..span.end])))
+        }
+        line_check::Scan::Valid(Some(span)) => {
+            // Decoded (and its escapes validated) as the serde check does; on an error the
+            // serde check explains the line.
+            match serde_json::from_str::<String>(&text[span.start - 1..=span.end]) {
+                Ok(decoded) => Ok(Some(Cow::Owned(decoded))),
+                Err(_) => check_line_serde(text),
+            }
+        }
+        line_check::Scan::TooDeep => Err(too_deep(text)),
+        // serde_json's check has the last word on a refused line and explains it.
+        line_check::Scan::Invalid => check_line_serde(text),
+    }
+}
+
+/// UTF-8 of a whole line: the SIMD check, and the standard library's error (with where)
+/// when it fails.
+fn utf8(line: &[u8]) -> Result<&str, ParseError> {
+    match simdutf8::basic::from_utf8(line) {
+        Ok(text) => Ok(text),
+        Err(_) => std::str::from_utf8(line).map_err(ParseError::InvalidUtf8),
+    }
+}
+
+/// The error for a line nested deeper than the limit: serde_json's own, from a typed parse
+/// (which has the limit).
+fn too_deep(text: &str) -> ParseError {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Err(error) => error.into(),
+        Ok(_) => ParseError::from(<serde_json::Error as de::Error>::custom(format!(
+            "nested deeper than {} levels",
+            line_check::MAX_DEPTH
+        ))),
+    }
+}
+
+/// The serde_json form of [`check_line`]'s scan (after the UTF-8 check): the reference the
+/// fast scan is tested against, and what explains a refused line.
+fn check_line_serde(text: &str) -> Result<Option<Cow<'_, str>>, ParseError> {
     check_object_start(text)?;
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let mut found = None;
@@ -1144,6 +1189,8 @@ struct Reference<'a> {
     #[serde(default, borrow)]
     reference: Option<Str<'a>>,
 }
+
+mod line_check;
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,9 @@
 //! From a file's decoded bytes to its NDJSON lines, each exactly once: framing, the skip of
 //! already-delivered lines after a restart, `organizeOutputBy` block headers, the proof that
 //! the last line is whole, and the bound on a file that overruns the manifest's `count`.
+//!
+//! Like the byte source, the reader is a small state machine ([`State`]) driven by
+//! `futures::stream::unfold`.
 
 use super::body::{BodyEvent, FileRequest, body_stream};
 use super::{DownloadOptions, FileInfo};
@@ -8,6 +11,7 @@ use crate::client::Inner;
 use crate::error::{Error, LineErrorKind, Result};
 use crate::ndjson::{Checkpoint, FrameError, Line, LineFramer};
 use crate::resource::{block_header_reference, check_line};
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use std::sync::Arc;
 
@@ -104,116 +108,174 @@ pub(crate) fn line_stream_from(
     options: DownloadOptions,
     start: LineStart,
 ) -> impl Stream<Item = Result<LineEvent>> + Send + 'static {
-    async_stream::stream! {
-        let limit = options.max_line_bytes;
-        let organized = file.organized_by.is_some();
-        let initial = start.checkpoint.unwrap_or(Checkpoint::START);
-        let fresh = |at: Checkpoint| {
-            if at == Checkpoint::START {
-                LineFramer::new().with_max_line_len(limit)
-            } else {
-                LineFramer::skip_to(at).with_max_line_len(limit)
-            }
-        };
-        let mut framer = if start.ranged {
-            LineFramer::resume_at(initial).with_max_line_len(limit)
-        } else {
-            fresh(initial)
-        };
-        // Where the last line handed out ended, to skip up to after a restart.
-        let mut delivered = initial;
-        let mut subject: Option<Arc<str>> = None;
-        let mut counted: u64 = start.counted;
-        let cap = file
+    let limit = options.max_line_bytes;
+    let initial = start.checkpoint.unwrap_or(Checkpoint::START);
+    let framer = if start.ranged {
+        LineFramer::resume_at(initial).with_max_line_len(limit)
+    } else {
+        fresh_framer(initial, limit)
+    };
+    let reader = LineReader {
+        body: body_stream(inner, request).boxed(),
+        state: State::Body,
+        framer,
+        limit,
+        organized: file.organized_by.is_some(),
+        cap: file
             .count
             .filter(|_| options.check_count)
-            .map(|count| (count, overrun_limit(count)));
-        let body = body_stream(inner, request);
-        futures::pin_mut!(body);
-        let mut finished = false;
-        let mut framed = false;
-        while !finished {
-            match body.next().await {
-                Some(Ok(BodyEvent::Data(data))) => framer.push(data),
-                Some(Ok(BodyEvent::Restart)) => {
-                    framer = fresh(delivered);
-                    continue;
-                }
-                Some(Ok(BodyEvent::End { framed: proven })) => {
-                    framed = proven;
-                    continue;
-                }
-                Some(Ok(BodyEvent::Representation { resumable })) => {
-                    yield Ok(LineEvent::Representation { resumable });
-                    continue;
-                }
-                Some(Err(e)) => {
-                    yield Err(e);
-                    return;
-                }
-                None => finished = true,
-            }
-            loop {
-                // Lines of the last pushed bytes first; then, at the end, a last line without
-                // a line end.
-                let mut unterminated = false;
-                let next = match framer.next_line() {
-                    Some(next) => Some(next),
-                    None if finished => {
-                        unterminated = framer.bytes_consumed() > framer.complete_offset();
-                        framer.finish()
+            .map(|count| (count, overrun_limit(count))),
+        file,
+        delivered: initial,
+        subject: None,
+        counted: start.counted,
+        framed: false,
+    };
+    futures::stream::unfold(reader, |mut reader| async move {
+        let event = reader.next().await?;
+        Some((event, reader))
+    })
+}
+
+/// A framer that starts at `at` (skipping up to it when that is not the file's start).
+fn fresh_framer(at: Checkpoint, limit: usize) -> LineFramer {
+    if at == Checkpoint::START {
+        LineFramer::new().with_max_line_len(limit)
+    } else {
+        LineFramer::skip_to(at).with_max_line_len(limit)
+    }
+}
+
+/// Where the line reader is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for the byte source's next event.
+    Body,
+    /// Handing out the lines the last bytes completed; `finished`: the body has ended, so a
+    /// last line without a line end comes out too, and then the end.
+    Lines {
+        /// The body has ended.
+        finished: bool,
+    },
+    /// The end (or an error that ends the file) was handed out.
+    Done,
+}
+
+/// The line reader of one file: the byte source, the framer, and what it has counted.
+struct LineReader {
+    body: BoxStream<'static, Result<BodyEvent>>,
+    state: State,
+    framer: LineFramer,
+    limit: usize,
+    organized: bool,
+    /// The manifest's `count` and the overrun limit, when counts are checked.
+    cap: Option<(u64, u64)>,
+    file: Arc<FileInfo>,
+    /// Where the last line handed out ended, to skip up to after a restart.
+    delivered: Checkpoint,
+    subject: Option<Arc<str>>,
+    counted: u64,
+    /// The body's end was proven by its framing.
+    framed: bool,
+}
+
+impl LineReader {
+    /// The next event, or `None` after the end.
+    async fn next(&mut self) -> Option<Result<LineEvent>> {
+        loop {
+            match self.state {
+                State::Done => return None,
+                State::Body => match self.body.next().await {
+                    Some(Ok(BodyEvent::Data(data))) => {
+                        self.framer.push(data);
+                        self.state = State::Lines { finished: false };
                     }
-                    None => None,
-                };
-                let Some(next) = next else { break };
-                match next {
-                    Ok(line) => {
-                        delivered = framer.checkpoint();
-                        counted += 1;
-                        if let Some((expected, cap)) = cap
-                            && counted > cap
-                        {
-                            yield Err(Error::CountMismatch {
-                                file: file.url.clone(),
-                                expected,
-                                actual: counted,
-                            });
-                            return;
-                        }
-                        if unterminated && let Some(problem) = unterminated_last_line(framed) {
-                            yield Err(Error::InvalidLine {
-                                file: file.url.clone(),
-                                line: line.number(),
-                                kind: LineErrorKind::Parse,
-                                message: problem.to_owned(),
-                            });
-                            continue;
-                        }
-                        let mut header = false;
-                        if organized
-                            && let Some(reference) = block_header_reference(line.bytes())
-                            && check_line(line.bytes()).is_ok()
-                        {
-                            subject = Some(Arc::from(reference));
-                            header = true;
-                        }
-                        yield Ok(LineEvent::Line(SourcedLine {
-                            line,
-                            subject: subject.clone(),
-                            header,
-                            after: delivered,
-                            counted,
-                        }));
+                    Some(Ok(BodyEvent::Restart)) => {
+                        self.framer = fresh_framer(self.delivered, self.limit);
                     }
-                    Err(e) => {
-                        delivered = framer.checkpoint();
-                        counted += 1;
-                        yield Err(too_long(&file, &e, limit));
+                    Some(Ok(BodyEvent::End { framed })) => self.framed = framed,
+                    Some(Ok(BodyEvent::Representation { resumable })) => {
+                        return Some(Ok(LineEvent::Representation { resumable }));
+                    }
+                    Some(Err(e)) => {
+                        self.state = State::Done;
+                        return Some(Err(e));
+                    }
+                    None => self.state = State::Lines { finished: true },
+                },
+                State::Lines { finished } => {
+                    // Lines of the last pushed bytes first; then, at the end, a last line
+                    // without a line end.
+                    let mut unterminated = false;
+                    let next = match self.framer.next_line() {
+                        Some(next) => Some(next),
+                        None if finished => {
+                            unterminated =
+                                self.framer.bytes_consumed() > self.framer.complete_offset();
+                            self.framer.finish()
+                        }
+                        None => None,
+                    };
+                    match next {
+                        Some(next) => return Some(self.line(next, unterminated)),
+                        None if finished => {
+                            self.state = State::Done;
+                            return Some(Ok(LineEvent::End {
+                                counted: self.counted,
+                            }));
+                        }
+                        None => self.state = State::Body,
                     }
                 }
             }
         }
-        yield Ok(LineEvent::End { counted });
+    }
+
+    /// What one framed line (or framing error) becomes.
+    fn line(
+        &mut self,
+        next: std::result::Result<Line, FrameError>,
+        unterminated: bool,
+    ) -> Result<LineEvent> {
+        self.delivered = self.framer.checkpoint();
+        self.counted += 1;
+        let line = match next {
+            Ok(line) => line,
+            Err(e) => return Err(too_long(&self.file, &e, self.limit)),
+        };
+        if let Some((expected, cap)) = self.cap
+            && self.counted > cap
+        {
+            self.state = State::Done;
+            return Err(Error::CountMismatch {
+                file: self.file.url.clone(),
+                expected,
+                actual: self.counted,
+            });
+        }
+        if unterminated && let Some(problem) = unterminated_last_line(self.framed) {
+            return Err(Error::InvalidLine {
+                file: self.file.url.clone(),
+                line: line.number(),
+                kind: LineErrorKind::Parse,
+                message: problem.to_owned(),
+            });
+        }
+        let mut header = false;
+        if self.organized
+            && let Some(reference) = block_header_reference(line.bytes())
+            && check_line(line.bytes()).is_ok()
+        {
+            self.subject = Some(Arc::from(reference));
+            header = true;
+        }
+        Ok(LineEvent::Line(SourcedLine {
+            line,
+            subject: self.subject.clone(),
+            header,
+            after: self.delivered,
+            counted: self.counted,
+        }))
     }
 }
 

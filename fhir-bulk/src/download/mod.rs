@@ -243,6 +243,13 @@ mod either {
                 Either::Right(r) => r.next(),
             }
         }
+
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            match self {
+                Either::Left(l) => l.size_hint(),
+                Either::Right(r) => r.size_hint(),
+            }
+        }
     }
 }
 
@@ -251,7 +258,7 @@ fn map_lines<T, F>(
     client: &BulkClient,
     file: &ExportFile,
     options: &DownloadOptions,
-    mut parse: F,
+    parse: F,
 ) -> RecordStream<T>
 where
     T: Send + 'static,
@@ -262,55 +269,138 @@ where
         Ok(request) => request,
         Err(e) => return stream::once(async move { Err(e) }).boxed(),
     };
-    let lines = line_stream(client.inner.clone(), request, info.clone(), options.clone());
-    let policy = options.invalid_lines;
-    let check_count = options.check_count;
-    let stream = async_stream::stream! {
-        futures::pin_mut!(lines);
-        while let Some(next) = lines.next().await {
-            let line = match next {
-                Ok(LineEvent::Line(line)) => line,
-                Ok(LineEvent::Representation { .. }) => continue,
-                Ok(LineEvent::End { counted }) => {
-                    if let Some(error) = count_error(&info, check_count, counted) {
-                        yield Err(error);
+    let mapper = Mapper {
+        lines: line_stream(client.inner.clone(), request, info.clone(), options.clone()).boxed(),
+        state: MapState::Lines,
+        info,
+        policy: options.invalid_lines,
+        check_count: options.check_count,
+        parse,
+    };
+    stream::unfold(mapper, |mut mapper| async move {
+        let item = mapper.next().await?;
+        Some((item, mapper))
+    })
+    .boxed()
+}
+
+/// Where a line mapper is.
+enum MapState<T> {
+    /// Reading the next line.
+    Lines,
+    /// Handing out the further items of one line (a deleted file's Bundle).
+    Items {
+        items: <Items<T> as IntoIterator>::IntoIter,
+        line: u64,
+        block: Option<Arc<str>>,
+    },
+    /// The file's stream has ended.
+    Done,
+}
+
+/// One file's lines mapped to records by `parse`, under the invalid-line policy.
+struct Mapper<T, F> {
+    lines: BoxStream<'static, Result<LineEvent>>,
+    state: MapState<T>,
+    info: Arc<FileInfo>,
+    policy: InvalidLines,
+    check_count: bool,
+    parse: F,
+}
+
+impl<T, F> Mapper<T, F>
+where
+    F: FnMut(&FileInfo, &SourcedLine) -> std::result::Result<Items<T>, ParseError>,
+{
+    fn record(&self, resource: T, line: u64, block: Option<Arc<str>>) -> Record<T> {
+        Record {
+            resource,
+            file: self.info.clone(),
+            line,
+            block,
+        }
+    }
+
+    /// The next item, or `None` at the end of the file.
+    async fn next(&mut self) -> Option<Result<Record<T>>> {
+        loop {
+            match std::mem::replace(&mut self.state, MapState::Lines) {
+                MapState::Done => {
+                    self.state = MapState::Done;
+                    return None;
+                }
+                MapState::Items {
+                    mut items,
+                    line,
+                    block,
+                } => {
+                    if let Some(resource) = items.next() {
+                        let record = self.record(resource, line, block.clone());
+                        self.state = MapState::Items { items, line, block };
+                        return Some(Ok(record));
                     }
-                    return;
                 }
-                Err(e @ Error::InvalidLine { .. }) => {
-                    yield Err(e);
-                    if policy == InvalidLines::Stop {
-                        return;
+                MapState::Lines => {
+                    if let Some(item) = self.next_line().await {
+                        return Some(item);
                     }
-                    continue;
-                }
-                Err(e) => {
-                    yield Err(e);
-                    return;
-                }
-            };
-            if line.header {
-                continue;
-            }
-            match parse(&info, &line) {
-                Ok(items) => {
-                    for resource in items {
-                        yield Ok(Record {
-                            resource,
-                            file: info.clone(),
-                            line: line.line.number(),
-                            block: line.subject.clone(),
-                        });
-                    }
-                }
-                Err(err) => {
-                    yield Err(line_error(&info, line.line.number(), err));
-                    if policy == InvalidLines::Stop { return; }
                 }
             }
         }
-    };
-    stream.boxed()
+    }
+
+    /// Reads one line event: an item to hand out, or `None` to go on (the state says where).
+    async fn next_line(&mut self) -> Option<Result<Record<T>>> {
+        let line = match self.lines.next().await {
+            None => {
+                self.state = MapState::Done;
+                return None;
+            }
+            Some(Ok(LineEvent::Line(line))) => line,
+            Some(Ok(LineEvent::Representation { .. })) => return None,
+            Some(Ok(LineEvent::End { counted })) => {
+                self.state = MapState::Done;
+                return count_error(&self.info, self.check_count, counted).map(Err);
+            }
+            Some(Err(e @ Error::InvalidLine { .. })) => {
+                if self.policy == InvalidLines::Stop {
+                    self.state = MapState::Done;
+                }
+                return Some(Err(e));
+            }
+            Some(Err(e)) => {
+                self.state = MapState::Done;
+                return Some(Err(e));
+            }
+        };
+        if line.header {
+            return None;
+        }
+        let number = line.line.number();
+        match (self.parse)(&self.info, &line) {
+            Ok(items) => {
+                let mut items = items.into_iter();
+                let first = items.next()?;
+                if items.size_hint().1 == Some(0) {
+                    // The usual one item per line: nothing to keep.
+                    return Some(Ok(self.record(first, number, line.subject)));
+                }
+                let record = self.record(first, number, line.subject.clone());
+                self.state = MapState::Items {
+                    items,
+                    line: number,
+                    block: line.subject,
+                };
+                Some(Ok(record))
+            }
+            Err(err) => {
+                if self.policy == InvalidLines::Stop {
+                    self.state = MapState::Done;
+                }
+                Some(Err(line_error(&self.info, number, err)))
+            }
+        }
+    }
 }
 
 /// What a file's line count means against its manifest entry: `Err` for an output file that
