@@ -22,6 +22,7 @@ pub(crate) struct Config {
     pub(crate) deleted: u64,
     pub(crate) faults: Vec<Fault>,
     pub(crate) partial_manifests: bool,
+    pub(crate) google: Option<super::google::GoogleShape>,
 }
 
 impl Default for Config {
@@ -46,6 +47,7 @@ impl Default for Config {
             deleted: 0,
             faults: Vec::new(),
             partial_manifests: false,
+            google: None,
         }
     }
 }
