@@ -31,6 +31,7 @@ mod args;
 mod auth;
 mod client;
 mod cloud;
+mod cloud_state;
 mod config;
 mod demo;
 mod download;
