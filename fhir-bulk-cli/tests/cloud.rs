@@ -389,6 +389,7 @@ async fn a_google_shaped_export_is_read_from_cloud_storage_through_the_emulator_
 }
 
 /// The NDJSON lines of a set of files.
+#[cfg(feature = "cloud")]
 fn lines_in(files: &BTreeMap<String, Vec<u8>>) -> usize {
     files
         .values()
