@@ -6,15 +6,22 @@
 use crate::args::{DownloadArgs, ServerArgs};
 use crate::auth;
 use crate::client;
+use crate::cloud_state;
 use crate::error::{CliError, describe, from_lib};
+use crate::log;
 use crate::manifest;
+use crate::outcomes::IssueCounts;
 use crate::progress::Reporter;
+use crate::state::{self, FileRecord};
 use crate::transfer;
 use fhir_bulk::auth::{AuthProvider, GoogleAuth};
+use fhir_bulk::download::SavedFile;
 use fhir_bulk::storage::Shard;
-use fhir_bulk::{CompletedExport, ExportJob};
+use fhir_bulk::{CompletedExport, ExportJob, FileKind};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 use url::Url;
 
 /// Parses `--shard K/N`.
@@ -235,9 +242,44 @@ fn write_manifest(dir: &Path, export: &CompletedExport) -> Result<(), CliError> 
     Ok(())
 }
 
+/// The name of a saved file relative to `dir` (`/`-separated).
+fn relative_in(dir: &Path, path: &Path) -> String {
+    state::key(path.strip_prefix(dir).unwrap_or(path))
+}
+
+/// The summary of a shard or object-storage run: every file of the run (earlier runs' too),
+/// the issues of the error files, the throughput of what this run wrote.
+fn print_summary(
+    records: &BTreeMap<String, FileRecord>,
+    issues: IssueCounts,
+    written: &[&SavedFile],
+    started: Instant,
+    download_elapsed: std::time::Duration,
+    export: &CompletedExport,
+    shown: &Path,
+) {
+    let summary = crate::summary::Summary {
+        files: records,
+        issues,
+        elapsed: started.elapsed(),
+        downloaded_bytes: written.iter().map(|f| f.data_bytes).sum(),
+        download_elapsed,
+        transaction_time: export
+            .manifests
+            .first()
+            .map(|m| m.transaction_time.as_str()),
+        output_dir: shown,
+        job_note: None,
+    };
+    crate::out::text(&summary.render());
+}
+
 /// `download --shard K/N` into a local directory: this worker's files, under the names
-/// one machine would give them; files already there are complete and skipped.
+/// one machine would give them; files already there are complete and skipped. Each
+/// complete file gets its record ([`crate::cloud_state`]), the run is logged in the shared
+/// `log.ndjson`, and a summary of the shard's files ends it.
 async fn download_shard(args: &DownloadArgs, dir: &Path, shard: Shard) -> Result<(), CliError> {
+    let started = Instant::now();
     std::fs::create_dir_all(dir).map_err(|e| {
         CliError::usage(
             "--output-dir",
@@ -247,6 +289,9 @@ async fn download_shard(args: &DownloadArgs, dir: &Path, shard: Shard) -> Result
     let reporter = Reporter::new(&args.output);
     let (client, export, _job) = source_export(args, &reporter).await?;
     write_manifest(dir, &export)?;
+    let export_id = state::JobState::new(state::Phase::Downloading).export_id;
+    let log = crate::export::open_log(dir, &export_id)?;
+    log::manifest_events(&log, &export);
     let options = transfer::save_options(&args.output).with_skip_existing(true);
     let names = fhir_bulk::storage::shard_file_names(&export, options.gzip, shard);
     reporter.info(&format!(
@@ -254,17 +299,94 @@ async fn download_shard(args: &DownloadArgs, dir: &Path, shard: Shard) -> Result
         names.len(),
         export.all_files().len()
     ));
-    let report = client
+    let downloads = Instant::now();
+    let report = match client
         .save_export_shard(&export, dir, &options, shard)
         .await
-        .map_err(from_lib)?;
-    let skipped = report.files.iter().filter(|f| f.skipped).count();
+    {
+        Ok(report) => report,
+        Err(error) => {
+            log.event("download_error", log::error_detail(&error));
+            reporter.finish();
+            return Err(CliError::Failed(format!(
+                "shard {shard} did not complete: {}. The complete files are kept; run the \
+                 same command again to download the rest",
+                describe(&error)
+            )));
+        }
+    };
+    let download_elapsed = downloads.elapsed();
+    let earlier = cloud_state::load_local(dir);
+    let files: Vec<(String, SavedFile)> = report
+        .files
+        .iter()
+        .map(|f| (relative_in(dir, &f.path), f.clone()))
+        .collect();
+    let (mut records, missing) = cloud_state::merge(&files, &earlier);
+    for (relative, saved) in &files {
+        if missing.contains(relative) {
+            let record = cloud_state::record_from_disk(dir, relative, saved).map_err(|e| {
+                CliError::Failed(format!("cannot read {}: {e}", dir.join(relative).display()))
+            })?;
+            records.insert(relative.clone(), record);
+        } else if saved.skipped {
+            continue;
+        } else {
+            log.event(
+                "download_complete",
+                serde_json::json!({
+                    "fileUrl": saved.url,
+                    "fileSize": saved.data_bytes,
+                    "resourceCount": saved.lines,
+                }),
+            );
+        }
+        if let Some(record) = records.get(relative) {
+            cloud_state::save_local(dir, relative, record).map_err(|e| {
+                CliError::Failed(format!(
+                    "cannot record {relative} in {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+    }
+    let mut issues = IssueCounts::default();
+    for (key, record) in &records {
+        if record.kind == FileKind::Error
+            && let Err(e) = crate::outcomes::count_file(&dir.join(key), &mut issues)
+        {
+            reporter.warn(&format!("cannot read {key}: {e}"));
+        }
+    }
+    log.event(
+        "export_complete",
+        serde_json::json!({
+            "files": records.len(),
+            "resources": records.values().map(|f| f.resources).sum::<u64>(),
+            "bytes": records.values().map(|f| f.data_bytes).sum::<u64>(),
+            "attachments": 0,
+            "duration": started.elapsed().as_millis() as u64,
+            "shard": shard.to_string(),
+        }),
+    );
+    let written: Vec<&SavedFile> = report.files.iter().filter(|f| !f.skipped).collect();
+    let skipped = report.files.len() - written.len();
     reporter.milestone(&format!(
         "shard {shard} complete: {} files downloaded, {skipped} already complete, in {}",
-        report.files.len() - skipped,
+        written.len(),
         dir.display()
     ));
-    Ok(())
+    reporter.finish();
+    print_summary(
+        &records,
+        issues,
+        &written,
+        started,
+        download_elapsed,
+        &export,
+        dir,
+    );
+    crate::export::issues_result(dir, issues.errors())
 }
 
 #[cfg(feature = "cloud")]
@@ -273,24 +395,101 @@ mod store {
 
     use super::*;
 
-    /// Downloads the export's files (or this shard's) into the object store at `url`.
+    /// Downloads the export's files (or this shard's) into the object store at `url`: each
+    /// complete object gets its record as soon as it is complete, a rerun writes only what is
+    /// missing, and a summary of every file of the run (earlier runs' too) ends it.
     pub(super) async fn download(args: &DownloadArgs, url: &str) -> Result<(), CliError> {
+        let started = Instant::now();
         let reporter = Reporter::new(&args.output);
         let destination = fhir_bulk::storage::cloud::Destination::from_url(url)
             .map_err(|e| CliError::usage("--output-dir", describe(&e)))?;
         let (client, export, _job) = source_export(args, &reporter).await?;
         let options = transfer::save_options(&args.output);
         let shard = args.shard.unwrap_or_else(Shard::all);
-        reporter.info(&format!("writing to {url} (shard {shard})"));
-        let report = destination
-            .save_export(&client, &export, &options, shard)
+        let earlier = cloud_state::store::load(&destination)
             .await
-            .map_err(from_lib)?;
-        let skipped = report.files.iter().filter(|f| f.skipped).count();
+            .map_err(|e| CliError::Failed(format!("cannot read {url}: {}", describe(&e))))?;
+        let done = earlier.len();
+        reporter.info(&format!(
+            "writing to {url} (shard {shard}; {done} file record(s) from earlier runs)"
+        ));
+        let prefix = destination.prefix().to_owned();
+        let relative = move |saved: &SavedFile| {
+            let key = state::key(&saved.path);
+            match key.strip_prefix(&prefix) {
+                Some(rest) if !prefix.is_empty() => rest.trim_start_matches('/').to_owned(),
+                _ => key,
+            }
+        };
+        let destination_ref = &destination;
+        let reporter_ref = &reporter;
+        let relative_ref = &relative;
+        let downloads = Instant::now();
+        let result = destination
+            .save_export_each(&client, &export, &options, shard, |saved| async move {
+                if saved.skipped {
+                    return;
+                }
+                let name = relative_ref(&saved);
+                let record = cloud_state::record_of(&saved);
+                if let Err(e) = cloud_state::store::save(destination_ref, &name, &record).await {
+                    reporter_ref.warn(&format!(
+                        "cannot record {name} in {url}: {} (a rerun counts it by its size)",
+                        describe(&e)
+                    ));
+                }
+            })
+            .await;
+        let report = match result {
+            Ok(report) => report,
+            Err(error) => {
+                reporter.finish();
+                return Err(CliError::Failed(format!(
+                    "the files were not all written to {url}: {}. The complete objects are \
+                     kept; run the same command again to write the rest",
+                    describe(&error)
+                )));
+            }
+        };
+        let download_elapsed = downloads.elapsed();
+        let files: Vec<(String, SavedFile)> = report
+            .files
+            .iter()
+            .map(|f| (relative(f), f.clone()))
+            .collect();
+        let (mut records, missing) = cloud_state::merge(&files, &earlier);
+        for (name, saved) in files.iter().filter(|(n, _)| missing.contains(n)) {
+            // Complete, but its run ended before recording it: counted by its size.
+            let record = cloud_state::record_of(saved);
+            if let Err(e) = cloud_state::store::save(&destination, name, &record).await {
+                reporter.warn(&format!("cannot record {name} in {url}: {}", describe(&e)));
+            }
+            records.insert(name.clone(), record);
+        }
+        if !missing.is_empty() {
+            reporter.warn(&format!(
+                "{} complete object(s) had no record from their run: their resources are not \
+                 counted in the summary",
+                missing.len()
+            ));
+        }
+        let written: Vec<&SavedFile> = report.files.iter().filter(|f| !f.skipped).collect();
+        let skipped = report.files.len() - written.len();
         reporter.milestone(&format!(
             "{} files written, {skipped} already complete, in {url}",
-            report.files.len() - skipped
+            written.len()
         ));
+        reporter.finish();
+        // The error files' issues are in the bucket: they are not read back here.
+        print_summary(
+            &records,
+            IssueCounts::default(),
+            &written,
+            started,
+            download_elapsed,
+            &export,
+            Path::new(url),
+        );
         Ok(())
     }
 }

@@ -32,6 +32,7 @@ mod attachments;
 mod auth;
 mod client;
 mod cloud;
+mod cloud_state;
 mod config;
 mod demo;
 mod download;

@@ -24,6 +24,7 @@ pub(crate) struct Config {
     pub(crate) partial_manifests: bool,
     /// DocumentReferences per patient, with DiagnosticReports, when attachments are on.
     pub(crate) attachments: Option<u64>,
+    pub(crate) google: Option<super::google::GoogleShape>,
 }
 
 impl Default for Config {
@@ -49,6 +50,7 @@ impl Default for Config {
             faults: Vec::new(),
             partial_manifests: false,
             attachments: None,
+            google: None,
         }
     }
 }

@@ -225,7 +225,11 @@ impl Job {
     /// all).
     fn manifest_of(&self, shared: &Shared, ready: usize) -> Value {
         let generation = shared.url_generation.load(Ordering::SeqCst);
+        let google = shared.config.google.as_ref();
         let url = |name: &str| {
+            if let (Some(shape), Some(file)) = (google, self.file(name)) {
+                return shape.gs_url(&self.id, &file);
+            }
             let mut url = format!("{}files/{}/{name}", shared.base, self.id);
             if generation > 0 {
                 url.push_str(&format!("?gen={generation}"));
@@ -411,6 +415,11 @@ pub(crate) async fn kickoff(State(shared): State<Arc<Shared>>, request: Request)
             _ => {}
         }
     }
+    if shared.config.google.is_some()
+        && let Some(diagnostics) = super::google::refuse_kickoff(parts.uri.path(), organized)
+    {
+        return bad_request("required", diagnostics);
+    }
     if type_given {
         // Keep the server's export order whatever order _type lists.
         types.sort_unstable();
@@ -457,11 +466,12 @@ pub(crate) async fn kickoff(State(shared): State<Arc<Shared>>, request: Request)
         &format!("Export job {id} accepted"),
     ));
     let mut response = json_response(StatusCode::ACCEPTED, body, body_fault, kill);
-    set_header(
-        &mut response,
-        CONTENT_LOCATION,
-        &format!("{}jobs/{id}", shared.base),
-    );
+    let location = match &shared.config.google {
+        // Google answers a relative operations name.
+        Some(_) => format!("operations/{id}"),
+        None => format!("{}jobs/{id}", shared.base),
+    };
+    set_header(&mut response, CONTENT_LOCATION, &location);
     set_header(&mut response, X_REQUEST_ID, &request_id);
     response
 }
@@ -540,6 +550,9 @@ pub(crate) async fn status(
             set_header(&mut response, RETRY_AFTER, retry_after);
         }
         return response;
+    }
+    if let Err(diagnostics) = super::google::write_objects(&shared, &job.id).await {
+        return outcome(StatusCode::INTERNAL_SERVER_ERROR, "exception", &diagnostics);
     }
     let body = Bytes::from(job.manifest(&shared).to_string());
     let mut response = json_response(StatusCode::OK, body, body_fault, kill);

@@ -13,6 +13,9 @@
 //! | `GET files/{job}/{name}` | NDJSON (`application/fhir+ndjson`), optionally gzip-encoded, with `ETag`, `Range`/`If-Range` support |
 //! | `GET Binary/{id}` | the attachments of [`TestServerBuilder::attachments`]: raw bytes, or a FHIR `Binary` for `Accept: application/fhir+json`; `ETag`, `Range`/`If-Range` |
 //!
+//! With [`TestServerBuilder::google_shaped`] the server takes the Google Cloud
+//! Healthcare API's shape instead (see [`GoogleShape`]).
+//!
 //! Every error answer carries a FHIR `OperationOutcome` (`application/fhir+json`).
 //! Other kick-off parameters (`_since`, `_typeFilter`, `patient`, `_elements`,
 //! `includeAssociatedData`, ...) are accepted and ignored; a `_type` naming a
@@ -95,6 +98,7 @@ mod attachments;
 mod config;
 mod data;
 mod files;
+mod google;
 mod jobs;
 mod server;
 
@@ -115,6 +119,7 @@ use url::Url;
 pub use attachments::BinaryInfo;
 pub use config::{Fault, FaultKind, FaultTarget};
 pub use data::{Dataset, Lines};
+pub use google::GoogleShape;
 
 use config::Config;
 use server::{Shared, lock};
@@ -218,7 +223,15 @@ impl TestServer {
     /// The exact lines (without trailing newline) of a file of any job,
     /// deleted or not, given its manifest URL (`http://.../fhir/files/{job}/{name}`,
     /// query ignored) or just `"{job}/{name}"`. `None` if there is no such file.
+    ///
+    /// A Google-shaped server ([`TestServerBuilder::google_shaped`]) also
+    /// takes the `gs://` URLs its manifests list.
     pub fn file_lines(&self, url: &str) -> Option<Lines> {
+        if url.starts_with("gs://") {
+            let (job, name) = google::find_file(&self.shared, url)?;
+            let spec = self.shared.any_job(&job)?.file(&name)?;
+            return Some(self.shared.dataset.lines(&spec.content));
+        }
         let path = url.split(['?', '#']).next().unwrap_or_default();
         let path = path.rsplit_once("/files/").map_or(path, |(_, rest)| rest);
         let (job, name) = path.split_once('/')?;
@@ -434,6 +447,20 @@ impl TestServerBuilder {
     #[must_use]
     pub fn attachments(mut self, n: u64) -> Self {
         self.config.attachments = Some(n);
+        self
+    }
+
+    /// Answer like the Google Cloud Healthcare API (seed 003): a Group export
+    /// needs `organizeOutputBy=Patient` (else `400` with an OperationOutcome),
+    /// the kick-off's `Content-Location` is the relative `operations/{id}`
+    /// (served at `[base]/operations/{id}`), and the completed status lists
+    /// `gs://bucket/dir/{id}_{Type}.ndjson` objects that the server wrote into
+    /// `shape`'s Cloud Storage endpoint before answering (a failed write
+    /// answers `500` with an OperationOutcome). The http file URLs of the
+    /// other shape keep working, for comparison.
+    #[must_use]
+    pub fn google_shaped(mut self, shape: GoogleShape) -> Self {
+        self.config.google = Some(shape);
         self
     }
 

@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     pub(crate) next_request_id: AtomicU64,
     /// Bumped by `expire_files`: file URLs of older generations answer 410.
     pub(crate) url_generation: AtomicU64,
+    /// Jobs whose files a Google-shaped server wrote into its bucket.
+    pub(crate) google_written: tokio::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Shared {
@@ -70,6 +72,7 @@ impl Shared {
             next_job: AtomicU64::new(1),
             next_request_id: AtomicU64::new(1),
             url_generation: AtomicU64::new(0),
+            google_written: tokio::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -184,6 +187,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     router
         .route("/fhir/metadata", get(metadata))
         .route("/fhir/jobs/{id}", get(jobs::status).delete(jobs::delete))
+        // Google-shaped servers answer `operations/{id}` as the Content-Location.
+        .route(
+            "/fhir/operations/{id}",
+            get(jobs::status).delete(jobs::delete),
+        )
         .route("/fhir/files/{job}/{name}", get(files::download))
         .route("/fhir/Binary/{id}", get(super::attachments::binary))
         .fallback(not_found)

@@ -14,8 +14,6 @@ use fhir_bulk::{
 use futures::TryStreamExt;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -63,57 +61,11 @@ fn google_manifest(objects: &[(&str, &str)]) -> CompletedExport {
     )
 }
 
-/// A TCP proxy to `upstream` whose first connection's answer is cut after `cut_after`
-/// bytes; records what clients sent.
+use emulators::{Hook, cutting_proxy_then};
+
+/// A proxy in front of `upstream` that cuts its first answer after `cut_after` bytes.
 async fn cutting_proxy(upstream: u16, cut_after: usize) -> (String, Arc<Mutex<Vec<u8>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let sent = Arc::new(Mutex::new(Vec::new()));
-    let log = sent.clone();
-    tokio::spawn(async move {
-        let mut first = true;
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
-                return;
-            };
-            let limit = if first { Some(cut_after) } else { None };
-            first = false;
-            let (mut client_read, mut client_write) = client.into_split();
-            let (mut server_read, mut server_write) = server.into_split();
-            let log = log.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                while let Ok(n) = client_read.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    log.lock().unwrap().extend_from_slice(&buf[..n]);
-                    if server_write.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut left = limit.unwrap_or(usize::MAX);
-                while left > 0 {
-                    let Ok(n) = server_read.read(&mut buf).await else {
-                        break;
-                    };
-                    if n == 0 {
-                        break;
-                    }
-                    let n = n.min(left);
-                    left -= n;
-                    if client_write.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = client_write.shutdown().await;
-            });
-        }
-    });
-    (format!("http://{addr}"), sent)
+    cutting_proxy_then(upstream, cut_after, None).await
 }
 
 fn client(storage: GoogleStorage) -> BulkClient {
@@ -176,6 +128,10 @@ async fn gs_objects_download_byte_exactly_with_resume_after_a_cut() {
         "resumed with a range: {sent}"
     );
     assert!(sent.contains("if-range: \""), "pinned to the ETag: {sent}");
+    assert!(
+        sent.contains("?alt=media&generation="),
+        "pinned to the generation: {sent}"
+    );
     assert!(!sent.contains("range: bytes=0-"), "{sent}");
 }
 
@@ -288,4 +244,195 @@ async fn the_storage_token_never_reaches_another_origin() {
         .unwrap_err();
     assert!(matches!(err, Error::UntrustedOrigin { .. }), "{err:?}");
     assert_eq!(elsewhere.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_object_overwritten_between_the_cut_and_the_resume_is_never_spliced() {
+    let Some(gcs) = emulators::fake_gcs() else {
+        return;
+    };
+    emulators::gcs_bucket(&gcs, BUCKET).await;
+    let object = "exports/9_Patient.ndjson";
+    let first = ndjson("Patient", 300);
+    emulators::gcs_put(&gcs, BUCKET, object, first.clone(), false).await;
+    // Between the cut and the resume, the object is written again (another export into the
+    // same destination): fake-gcs-server, like a proxy, does not check If-Range, so only the
+    // generation tells the versions apart.
+    let overwrite: Hook = {
+        let url = gcs.url();
+        Box::pin(async move {
+            let mut second = ndjson("Patient", 300);
+            second.iter_mut().for_each(|b| {
+                if *b == b'x' {
+                    *b = b'y';
+                }
+            });
+            let mut upload =
+                reqwest::Url::parse(&format!("{url}/upload/storage/v1/b/{BUCKET}/o")).unwrap();
+            upload
+                .query_pairs_mut()
+                .append_pair("uploadType", "media")
+                .append_pair("name", object);
+            let answer = reqwest::Client::new()
+                .post(upload)
+                .body(second)
+                .send()
+                .await
+                .unwrap();
+            assert!(answer.status().is_success(), "{}", answer.status());
+        })
+    };
+    let (proxy, sent) = cutting_proxy_then(gcs.port, 4000, Some(overwrite)).await;
+    let client = client(GoogleStorage::new().endpoint(&proxy));
+    let export = google_manifest(&[("Patient", object)]);
+    let mut lines = client.download_lines(
+        &export.files(FileKind::Output)[0],
+        &DownloadOptions::default(),
+    );
+    let mut delivered = Vec::new();
+    let err = loop {
+        match lines.try_next().await {
+            Ok(Some(line)) => {
+                delivered.extend_from_slice(&line.resource);
+                delivered.push(b'\n');
+            }
+            Ok(None) => panic!("the read of a replaced object ended as if complete"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, Error::Transport { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("replaced"), "{text}");
+    assert!(!text.contains("ya29"), "{text}");
+    // What was delivered is a prefix of the first version only.
+    assert!(!delivered.is_empty());
+    assert!(first.starts_with(&delivered), "spliced two versions");
+    let sent = String::from_utf8_lossy(&sent.lock().unwrap()).to_lowercase();
+    assert!(sent.contains("&generation="), "{sent}");
+}
+
+#[tokio::test]
+async fn a_google_shaped_export_is_read_from_cloud_storage_with_resume_and_subjects() {
+    use fhir_bulk::{ExportRequest, ServerProfile};
+    use fhir_bulk_test_server::{GoogleShape, TestServer};
+
+    let Some(gcs) = emulators::fake_gcs() else {
+        return;
+    };
+    emulators::gcs_bucket(&gcs, "healthcare-exports").await;
+    let token = "ya29.google-shaped-token";
+    let server = TestServer::builder()
+        .patients(12)
+        .resource_types(["Patient", "Observation", "Condition"])
+        .polls_before_complete(2)
+        .x_progress(["in progress"])
+        .require_bearer(token)
+        .google_shaped(GoogleShape::new(&gcs.url(), "gs://healthcare-exports/stores/s1/").unwrap())
+        .start()
+        .await
+        .unwrap();
+    let base = server.base_url();
+    // Without organizeOutputBy=Patient the server refuses the Group export with an outcome.
+    let plain = BulkClient::builder(base.as_str())
+        .bearer_token(token)
+        .sleep_fn(instant_sleep())
+        .build()
+        .unwrap();
+    let refused = plain
+        .kick_off(&ExportRequest::group("g-1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::KickoffRejected(_)), "{refused:?}");
+    assert!(
+        refused.to_string().contains("organizeOutputBy"),
+        "{refused}"
+    );
+
+    // The Google profile sends it; the files are read through a proxy that cuts the first
+    // answer, in front of fake-gcs-server.
+    let (proxy, sent) = cutting_proxy(gcs.port, 5000).await;
+    let client = BulkClient::builder(base.as_str())
+        .bearer_token(token)
+        .server_profile(ServerProfile::GoogleCloudHealthcare)
+        .google_storage(GoogleStorage::new().endpoint(&proxy))
+        .sleep_fn(instant_sleep())
+        .retry_policy(RetryPolicy::default().with_jitter(false))
+        .build()
+        .unwrap();
+    let job = client.kick_off(&ExportRequest::group("g-1")).await.unwrap();
+    assert!(
+        job.status_url().path().starts_with("/fhir/operations/"),
+        "{}",
+        job.status_url()
+    );
+    let export = job.wait().await.unwrap();
+    let files = export.files(FileKind::Output);
+    assert!(!files.is_empty());
+    for file in &files {
+        let url = file.file.url.expose();
+        assert!(
+            url.starts_with("gs://healthcare-exports/stores/s1/job-") && url.ends_with(".ndjson"),
+            "{url}"
+        );
+        assert_eq!(file.organized_by.as_deref(), Some("Patient"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let options =
+        SaveOptions::default().with_download(DownloadOptions::default().with_concurrency(1));
+    let report = client
+        .save_export(&export, dir.path(), &options)
+        .await
+        .unwrap();
+    assert_eq!(report.files.len(), files.len());
+    for saved in &report.files {
+        let gs = files
+            .iter()
+            .find(|f| f.file.url.redacted() == saved.url)
+            .unwrap()
+            .file
+            .url
+            .expose()
+            .to_owned();
+        let expected: String = server.file_lines(&gs).unwrap().map(|l| l + "\n").collect();
+        assert_eq!(
+            // `path` is where the file is (joining keeps an absolute one).
+            std::fs::read_to_string(dir.path().join(&saved.path)).unwrap(),
+            expected,
+            "{gs}"
+        );
+    }
+    // Each resource comes with the subject of its Patient block.
+    let records: Vec<fhir_bulk::download::Record<serde_json::Value>> = client
+        .download_resources(&export, &DownloadOptions::default())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(records.len() > 12);
+    for record in &records {
+        let block = record.block.as_deref().unwrap();
+        match record.resource["resourceType"].as_str().unwrap() {
+            "Patient" => assert_eq!(
+                format!("Patient/{}", record.resource["id"].as_str().unwrap()),
+                block
+            ),
+            _ => assert_eq!(record.resource["subject"]["reference"], block),
+        }
+    }
+    // The token went to the FHIR server (which demands it) and the storage endpoint.
+    let sent = String::from_utf8_lossy(&sent.lock().unwrap()).to_lowercase();
+    assert!(
+        sent.contains(&format!("authorization: bearer {token}")),
+        "{sent}"
+    );
+    assert!(
+        sent.contains("range: bytes="),
+        "resumed after the cut: {sent}"
+    );
+    assert!(sent.contains("&generation="), "{sent}");
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| r.header("authorization") == Some(&format!("Bearer {token}")))
+    );
 }

@@ -236,6 +236,13 @@ impl Source {
             }
             self.received = 0;
             let headers = response.headers();
+            // A Cloud Storage read continues the generation it started on (storage/gcs.rs).
+            if let Some(pinned) = crate::storage::gcs::pin_generation(
+                &self.request.url,
+                header_str(headers, "x-goog-generation"),
+            ) {
+                self.request.url = pinned;
+            }
             self.ranges = header_str(headers, "accept-ranges")
                 .is_some_and(|v| v.to_ascii_lowercase().contains("bytes"))
                 // Cloud Storage serves ranges of every object (storage/gcs.rs).
@@ -295,6 +302,19 @@ impl Source {
                 };
             }
         };
+        // A pinned Cloud Storage generation that is gone: the object was replaced.
+        if answer.status == 404
+            && let Some(message) = crate::storage::gcs::replaced_message(&self.request.url)
+        {
+            self.queue.push_back(Err(Error::Transport {
+                context: CONTEXT,
+                kind: TransportErrorKind::Body,
+                url: redact_url(&self.request.url),
+                message,
+                source: None,
+            }));
+            return State::Done;
+        }
         let report = answer.error_response(&inner);
         let now = (inner.clock)();
         if is_expired(

@@ -170,6 +170,25 @@ impl Destination {
         options: &SaveOptions,
         shard: Shard,
     ) -> Result<SaveReport> {
+        self.save_export_each(client, export, options, shard, |_| async {})
+            .await
+    }
+
+    /// [`Destination::save_export`], calling `on_file` as each file is complete (written, or
+    /// found complete and skipped), before the next result is taken: a caller can record its
+    /// own resume state per file, so an interrupted run loses only the files in flight.
+    pub async fn save_export_each<F, Fut>(
+        &self,
+        client: &BulkClient,
+        export: &CompletedExport,
+        options: &SaveOptions,
+        shard: Shard,
+        on_file: F,
+    ) -> Result<SaveReport>
+    where
+        F: Fn(SavedFile) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         self.check_same_export(export).await?;
         for (i, page) in export.manifests.iter().enumerate() {
             let name = if i == 0 {
@@ -189,7 +208,7 @@ impl Destination {
         }
         let jobs = shard_file_names(export, options.gzip, shard);
         let concurrency = options.download.concurrency.max(1);
-        let files: Vec<SavedFile> = futures::stream::iter(jobs.into_iter().map(|(file, name)| {
+        let mut saving = futures::stream::iter(jobs.into_iter().map(|(file, name)| {
             let relative = name
                 .components()
                 .map(|c| c.as_os_str().to_string_lossy().into_owned())
@@ -197,15 +216,86 @@ impl Destination {
                 .join("/");
             async move { self.save_file(client, &file, &relative, options).await }
         }))
-        .buffered(concurrency)
-        .try_collect()
-        .await?;
+        .buffered(concurrency);
+        let mut files = Vec::new();
+        let mut failure = None;
+        while let Some(result) = saving.next().await {
+            match result {
+                Ok(saved) => {
+                    on_file(saved.clone()).await;
+                    files.push(saved);
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        drop(saving);
         let report = SaveReport {
             files,
             failed: Vec::new(),
         };
+        // The log says what this run did, complete or not.
         self.write_log(&report, shard).await?;
-        Ok(report)
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(report),
+        }
+    }
+
+    /// The prefix below which the export is written (`""` for the root).
+    pub fn prefix(&self) -> &str {
+        self.prefix.as_ref()
+    }
+
+    /// Where the destination points (credentials and query strings left out).
+    pub fn url(&self) -> &str {
+        &self.shown
+    }
+
+    /// Writes a small object (a state record, a summary) at `relative` below the prefix,
+    /// in one request.
+    pub async fn put_small(&self, relative: &str, bytes: Vec<u8>) -> Result<()> {
+        self.store
+            .put(&self.key(relative), PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| write_error(&self.shown, e))
+    }
+
+    /// Reads an object below the prefix whole (meant for small ones); `None` when absent.
+    pub async fn get_small(&self, relative: &str) -> Result<Option<Vec<u8>>> {
+        match self.store.get(&self.key(relative)).await {
+            Ok(found) => found
+                .bytes()
+                .await
+                .map(|b| Some(b.to_vec()))
+                .map_err(|e| write_error(&self.shown, e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(write_error(&self.shown, e)),
+        }
+    }
+
+    /// The names, relative to the prefix, of every object below `relative` (a folder).
+    pub async fn list_below(&self, relative: &str) -> Result<Vec<String>> {
+        let folder = self.key(relative);
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&folder))
+            .try_collect()
+            .await
+            .map_err(|e| write_error(&self.shown, e))?;
+        let prefix = self.prefix.as_ref();
+        Ok(metas
+            .into_iter()
+            .map(|m| {
+                let key = m.location.as_ref();
+                key.strip_prefix(prefix)
+                    .map_or(key, |k| k.trim_start_matches('/'))
+                    .to_owned()
+            })
+            .collect())
     }
 
     /// Refuses to mix exports: a `manifest.json` already there must be this export's.
@@ -255,7 +345,7 @@ impl Destination {
             warnings: Vec::new(),
         };
         match self.store.head(&key).await {
-            Ok(_) => return Ok(saved(0, 0, 0, true)),
+            Ok(meta) => return Ok(saved(0, meta.size, 0, true)),
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(write_error(&self.shown, e)),
         }
@@ -282,7 +372,8 @@ impl Destination {
         }
     }
 
-    /// `log.ndjson` (`log.K-of-N.ndjson` for a shard of several): one line per file.
+    /// `log.ndjson` (`log.K-of-N.ndjson` for a shard of several): one line per file, appended
+    /// to what earlier runs wrote.
     async fn write_log(&self, report: &SaveReport, shard: Shard) -> Result<()> {
         let mut body = String::new();
         for file in &report.files {
@@ -303,6 +394,14 @@ impl Destination {
         } else {
             "log.ndjson".to_owned()
         };
+        // Each run appends to the log of the runs before it.
+        if let Some(mut earlier) = self.get_small(&name).await? {
+            if !earlier.is_empty() && !earlier.ends_with(b"\n") {
+                earlier.push(b'\n');
+            }
+            earlier.extend_from_slice(body.as_bytes());
+            body = String::from_utf8_lossy(&earlier).into_owned();
+        }
         self.store
             .put(&self.key(&name), PutPayload::from(body.into_bytes()))
             .await

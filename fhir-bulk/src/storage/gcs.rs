@@ -164,6 +164,41 @@ pub(crate) fn file_url(endpoint: Option<&Url>, gs_url: &str) -> Result<Url> {
     Ok(media_url(endpoint, &object))
 }
 
+/// The media URL of a Cloud Storage object pinned to the generation its first answer named
+/// (`x-goog-generation`): `...?alt=media&generation=G`. A resumed read then continues that very
+/// version: once the object is overwritten, the pinned generation answers `404` (ETag and
+/// `If-Range` alone are not enough: an emulator or proxy may ignore `If-Range`, and the
+/// continuation would splice two versions). `None` when `url` is not a JSON API media URL, is
+/// already pinned, or the answer names no generation.
+pub(crate) fn pin_generation(url: &Url, generation: Option<&str>) -> Option<Url> {
+    let generation = generation
+        .map(str::trim)
+        .filter(|g| !g.is_empty() && g.len() <= 20 && g.bytes().all(|b| b.is_ascii_digit()))?;
+    let media = url.path().contains("/storage/v1/b/")
+        && url.query_pairs().any(|(k, v)| k == "alt" && v == "media");
+    if !media || url.query_pairs().any(|(k, _)| k == "generation") {
+        return None;
+    }
+    let mut pinned = url.clone();
+    pinned
+        .query_pairs_mut()
+        .append_pair("generation", generation);
+    Some(pinned)
+}
+
+/// The error of a pinned read whose generation is gone: the object was replaced mid-read.
+pub(crate) fn replaced_message(url: &Url) -> Option<String> {
+    let generation = url
+        .query_pairs()
+        .find(|(k, _)| k == "generation")
+        .map(|(_, v)| v.into_owned())?;
+    Some(format!(
+        "the Cloud Storage object was replaced while it was being read (generation \
+         {generation} is gone); nothing of the new version was mixed in: download the file \
+         again"
+    ))
+}
+
 /// Whether a FHIR base URL is Google Cloud Healthcare's, where `gs://` reads are enabled
 /// without being asked for.
 pub fn is_google_healthcare(base: &Url) -> bool {
@@ -253,6 +288,32 @@ mod tests {
             url.as_str(),
             "https://s.example/storage/v1/b/bucket/o/x.ndjson?alt=media"
         );
+    }
+
+    #[test]
+    fn reads_pin_the_first_answers_generation() {
+        let media = ep("http://127.0.0.1:4443/storage/v1/b/bkt/o/a%2Fb?alt=media");
+        let pinned = pin_generation(&media, Some(" 1714557600123456 ")).unwrap();
+        assert_eq!(
+            pinned.as_str(),
+            "http://127.0.0.1:4443/storage/v1/b/bkt/o/a%2Fb?alt=media&generation=1714557600123456"
+        );
+        assert!(
+            replaced_message(&pinned)
+                .unwrap()
+                .contains("generation 1714557600123456 is gone")
+        );
+        assert_eq!(pin_generation(&pinned, Some("2")), None, "pinned once");
+        assert_eq!(pin_generation(&media, None), None);
+        assert_eq!(pin_generation(&media, Some("12a")), None);
+        assert_eq!(pin_generation(&media, Some("")), None);
+        let https_file = ep("https://files.example/storage/x.ndjson?sig=1");
+        assert_eq!(
+            pin_generation(&https_file, Some("7")),
+            None,
+            "not Cloud Storage"
+        );
+        assert_eq!(replaced_message(&media), None);
     }
 
     #[test]

@@ -7,7 +7,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 /// A running emulator; killed on drop.
 pub struct Emulator {
@@ -172,7 +175,8 @@ pub fn azurite() -> Option<Emulator> {
 pub async fn gcs_bucket(gcs: &Emulator, bucket: &str) {
     let response = reqwest::Client::new()
         .post(format!("{}/storage/v1/b", gcs.url()))
-        .json(&serde_json::json!({ "name": bucket }))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "name": bucket }).to_string())
         .send()
         .await
         .unwrap();
@@ -197,4 +201,71 @@ pub async fn gcs_put(gcs: &Emulator, bucket: &str, name: &str, body: Vec<u8>, gz
         .await
         .unwrap();
     assert!(response.status().is_success(), "{}", response.status());
+}
+
+/// What a proxy does before it forwards its second connection.
+pub type Hook = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A TCP proxy to `upstream` (on 127.0.0.1) whose first connection's answer is cut after
+/// `cut_after` bytes; records what clients sent. It runs `before_resume` (once) before it forwards the second
+/// connection, the one that resumes after the cut.
+pub async fn cutting_proxy_then(
+    upstream: u16,
+    cut_after: usize,
+    before_resume: Option<Hook>,
+) -> (String, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let log = sent.clone();
+    tokio::spawn(async move {
+        let mut before_resume = before_resume;
+        let mut connections = 0;
+        while let Ok((client, _)) = listener.accept().await {
+            connections += 1;
+            if connections == 2
+                && let Some(hook) = before_resume.take()
+            {
+                hook.await;
+            }
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                return;
+            };
+            let limit = (connections == 1).then_some(cut_after);
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                while let Ok(n) = client_read.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    log.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if server_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut left = limit.unwrap_or(usize::MAX);
+                while left > 0 {
+                    let Ok(n) = server_read.read(&mut buf).await else {
+                        break;
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    let n = n.min(left);
+                    left -= n;
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = client_write.shutdown().await;
+            });
+        }
+    });
+    (format!("http://{addr}"), sent)
 }
