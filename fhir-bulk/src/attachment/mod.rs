@@ -693,7 +693,8 @@ impl BulkClient {
                 .await
                 .map_err(|e| io_error("renaming", &tmp, e))?;
             if let Some(parent) = data_file.parent().map(Path::to_path_buf) {
-                let _ = tokio::task::spawn_blocking(move || crate::download::sync_dir(&parent)).await;
+                let _ =
+                    tokio::task::spawn_blocking(move || crate::download::sync_dir(&parent)).await;
             }
             pass.report.files_rewritten += 1;
         } else {

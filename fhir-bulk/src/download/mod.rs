@@ -13,11 +13,11 @@ mod lines;
 mod save;
 mod saver;
 
-pub(crate) use save::{keeps_part, sync_dir};
 pub use save::{
     FailedFile, SaveEvent, SaveHook, SaveOptions, SaveProgress, SaveReport, SaveWarning, SavedFile,
     SkipFn, file_names,
 };
+pub(crate) use save::{keeps_part, sync_dir};
 pub use saver::{SaveResult, Saver};
 
 use crate::client::BulkClient;
