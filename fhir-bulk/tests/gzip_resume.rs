@@ -410,3 +410,77 @@ proptest::proptest! {
         survives_kills(&kills, LINES, mode, gzip_output);
     }
 }
+
+/// The test server's gzip (a strong `ETag` of the coded representation, no `Last-Modified`)
+/// with a body cut by a `Fault` in the first run: the cut is continued within the run (a range
+/// over the compressed bytes), the kill after it is resumed in a fresh process by skipping
+/// lines, into a multi-member gzip save.
+#[test]
+fn a_test_server_gzip_file_cut_then_killed_resumes_into_a_gzip_save() {
+    use fhir_bulk::ExportRequest;
+    use fhir_bulk_test_server::{Fault, TestServer};
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (server, file) = server_runtime.block_on(async {
+        let server = TestServer::builder()
+            .patients(10)
+            .resource_types(["Observation"])
+            .file_bytes("Observation", 3_000_000)
+            .polls_before_complete(0)
+            .fault(Fault::drop_after(40_000).on_all_files())
+            .start()
+            .await
+            .unwrap();
+        let client = BulkClient::builder(server.base_url().as_str())
+            .build()
+            .unwrap();
+        let export = client
+            .kick_off(&ExportRequest::system())
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+        let file = export.all_files().remove(0);
+        (server, file)
+    });
+    let want: String = server
+        .file_lines(&file.file.url.redacted())
+        .unwrap()
+        .map(|line| line + "\n")
+        .collect();
+    assert!(want.len() > 2_500_000);
+    let base = server.base_url().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("Observation.1.ndjson.gz");
+    server.clear_requests();
+    assert!(run_in_process(&base, &file, &path, true, Some(1_600_000)).is_none());
+    let (offset, part_bytes) = sidecar(&path).unwrap();
+    assert!(
+        offset > 1_000_000 && part_bytes > 0,
+        "{offset} {part_bytes}"
+    );
+    let first_run = server.requests().len();
+    assert!(first_run >= 2, "the cut was retried");
+    let saved = run_in_process(&base, &file, &path, true, None).unwrap();
+    assert_eq!(saved.data_bytes, want.len() as u64);
+    assert_eq!(saved.resumed_bytes, part_bytes);
+    let got = gunzip_all(&std::fs::read(&path).unwrap());
+    assert!(got == want, "the whole file, every line once");
+    let requests = server.requests();
+    let resumed = &requests[first_run..];
+    assert_eq!(resumed.len(), 1, "one request for the rest");
+    let header = |name: &str| {
+        resumed[0]
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    // No Last-Modified: re-read (gzip-coded) and skip, no range.
+    assert_eq!(header("range"), None);
+    assert!(header("accept-encoding").unwrap().contains("gzip"));
+}
