@@ -80,7 +80,8 @@ pub(crate) enum BodyEvent {
         framed: bool,
     },
     /// A `200` started a (new) representation: its validator for `If-Range`, when the server
-    /// offers byte ranges over identity bytes (the only kind a later process can resume).
+    /// offers byte ranges over identity bytes (the only kind a later process can resume), or,
+    /// for a gzip-coded body, its `Last-Modified` (see [`identity_validator`]).
     Representation {
         /// A strong `ETag` or `Last-Modified`, when ranges over identity bytes are offered.
         resumable: Option<HeaderValue>,
@@ -100,6 +101,17 @@ fn validator(headers: &HeaderMap) -> Option<HeaderValue> {
         .get("etag")
         .filter(|v| !v.as_bytes().starts_with(b"W/"));
     etag.or_else(|| headers.get("last-modified")).cloned()
+}
+
+/// The validator a later process can put in `If-Range` when it asks for the identity
+/// representation of a file read gzip-coded: `Last-Modified`, which dates the resource in any
+/// coding. The coded representation's `ETag` cannot pin the identity one (a strong `ETag`
+/// differs between codings, a weak one is not allowed in `If-Range`), so without
+/// `Last-Modified` there is none and the resume re-reads the file, skipping whole lines.
+/// `Accept-Ranges` is not required: servers that compress on the fly drop it from the coded
+/// answer while serving ranges of the identity one, and a `200` answer is skipped anyway.
+fn identity_validator(headers: &HeaderMap) -> Option<HeaderValue> {
+    headers.get("last-modified").cloned()
 }
 
 /// Where the byte source is.
@@ -250,10 +262,10 @@ impl Source {
             self.if_range = validator(headers);
             match BodyDecoder::for_encoding(header_str(headers, "content-encoding")) {
                 Ok(d) => {
-                    let resumable = self
-                        .if_range
-                        .clone()
-                        .filter(|_| self.ranges && matches!(d, BodyDecoder::Identity));
+                    let resumable = match d {
+                        BodyDecoder::Identity => self.if_range.clone().filter(|_| self.ranges),
+                        BodyDecoder::Gzip(_) => identity_validator(headers),
+                    };
                     self.queue
                         .push_back(Ok(BodyEvent::Representation { resumable }));
                     self.decoder = Some(d);
