@@ -7,13 +7,14 @@ use super::AttachmentError;
 use super::binary::{UnwrapError, Unwrapped, hash_text, parse_hash, sha1_of, unwrap_binary};
 use crate::client::Inner;
 use crate::download::body::{BodyEvent, FileRequest, ResumeFrom, body_stream};
+use crate::download::with_suffix;
 use crate::error::Error;
 use crate::secret::redact_url;
 use crate::transport::TokenUse;
 use futures::StreamExt;
 use reqwest::header::HeaderValue;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use url::Url;
@@ -55,12 +56,6 @@ pub(crate) struct Fetched {
     pub(crate) bytes: u64,
     /// Whether the answer was a FHIR `Binary` (unwrapped).
     pub(crate) unwrapped: bool,
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
 }
 
 fn io(action: &'static str, path: &Path, source: std::io::Error) -> AttachmentError {

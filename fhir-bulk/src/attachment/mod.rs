@@ -39,6 +39,7 @@ pub use find::{
 };
 
 use crate::client::BulkClient;
+use crate::download::with_suffix;
 use crate::download::{SaveReport, SavedFile};
 use crate::error::{Error, Result};
 use crate::manifest::FileKind;
@@ -616,12 +617,6 @@ impl Pass<'_> {
         self.report.saved += 1;
         Done::Saved(path_url(&relative))
     }
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
 }
 
 impl BulkClient {

@@ -17,7 +17,7 @@ pub use save::{
     FailedFile, SaveEvent, SaveHook, SaveOptions, SaveProgress, SaveReport, SaveWarning, SavedFile,
     SkipFn, file_names,
 };
-pub(crate) use save::{keeps_part, sync_dir};
+pub(crate) use save::{keeps_part, sync_dir, with_suffix};
 pub use saver::{SaveResult, Saver};
 
 use crate::client::BulkClient;

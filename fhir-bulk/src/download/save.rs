@@ -437,8 +437,13 @@ struct Place {
 }
 
 fn sidecar_path(part: &Path) -> PathBuf {
-    let mut name = part.as_os_str().to_owned();
-    name.push(".resume");
+    with_suffix(part, ".resume")
+}
+
+/// `path` with `suffix` appended to its file name (`a.ndjson` + `.part` = `a.ndjson.part`).
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
     PathBuf::from(name)
 }
 
@@ -778,9 +783,7 @@ pub(super) async fn download_one(
             .await
             .map_err(|e| io_error("creating directory", parent, e))?;
     }
-    let mut part = path.as_os_str().to_owned();
-    part.push(".part");
-    let part = PathBuf::from(part);
+    let part = with_suffix(&path, ".part");
     let url = file.file.url.redacted();
     let resume = read_resume(&part, &url, options.gzip).await;
     let result = match save_attempt(&client, &file, &path, &part, &options, resume.as_ref()).await {
