@@ -411,19 +411,38 @@ async fn status_cancel_and_download_find_the_token_endpoint_at_the_fhir_base() {
 
 /// Runs `command` in a detached tmux session on its own socket and returns the screen and
 /// scrollback once it printed `marker`. None when tmux is not installed.
-fn tmux_screen(socket: &str, command: &str, marker: &str) -> Option<String> {
-    tmux_capture(socket, command, marker, &[])
+fn tmux_screen(name: &str, command: &str, marker: &str) -> Option<String> {
+    tmux_capture(name, command, marker, &[])
+}
+
+/// A tmux server on a socket of its own, killed when dropped (also when an assertion fails).
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
+        std::process::Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
 }
 
 /// [`tmux_screen`] with extra `capture-pane` flags (`-e` keeps the colours).
-fn tmux_capture(socket: &str, command: &str, marker: &str, flags: &[&str]) -> Option<String> {
-    let tmux = |args: &[&str]| {
-        std::process::Command::new("tmux")
-            .arg("-L")
-            .arg(socket)
-            .args(args)
-            .output()
-    };
+///
+/// Every call gets a fresh socket: reusing one right after `kill-server` races the old server's
+/// shutdown, and tmux answers "server exited unexpectedly". A start that fails that way anyway
+/// (a loaded machine) is tried again, three times at most.
+fn tmux_capture(name: &str, command: &str, marker: &str, flags: &[&str]) -> Option<String> {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     if std::process::Command::new("tmux")
         .arg("-V")
         .output()
@@ -431,14 +450,31 @@ fn tmux_capture(socket: &str, command: &str, marker: &str, flags: &[&str]) -> Op
     {
         return None;
     }
-    let started =
-        tmux(&["new-session", "-d", "-x", "120", "-y", "40", command]).expect("tmux runs");
-    assert!(started.status.success(), "{started:?}");
+    let mut attempt = 0;
+    let tmux = loop {
+        attempt += 1;
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmux = Tmux {
+            socket: format!("{name}-{}-{call}", std::process::id()),
+        };
+        let started = tmux
+            .run(&["new-session", "-d", "-x", "120", "-y", "40", command])
+            .expect("tmux runs");
+        if started.status.success() {
+            break tmux;
+        }
+        assert!(
+            attempt < 3,
+            "tmux new-session failed {attempt} times: {started:?}"
+        );
+        eprintln!("tmux new-session failed ({started:?}); trying again");
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let screen = loop {
         let mut capture = vec!["capture-pane", "-p", "-S", "-"];
         capture.extend_from_slice(flags);
-        let shot = tmux(&capture).expect("tmux capture-pane");
+        let shot = tmux.run(&capture).expect("tmux capture-pane");
         let text = String::from_utf8_lossy(&shot.stdout).into_owned();
         if text.contains(marker) {
             break text;
@@ -449,19 +485,17 @@ fn tmux_capture(socket: &str, command: &str, marker: &str, flags: &[&str]) -> Op
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    let _ = tmux(&["kill-server"]);
     Some(screen)
 }
 
 #[test]
 fn a_run_on_a_terminal_leaves_no_stale_bar_lines() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = format!("fhir-bulk-test-{}", std::process::id());
     let command = format!(
         "env -u NO_COLOR TERM=xterm XDG_CONFIG_HOME=/nonexistent {BIN} demo --patients 300 --output-dir {} ; echo RUN-ENDED-$?; sleep 30",
         s(dir.path())
     );
-    let Some(screen) = tmux_screen(&socket, &command, "RUN-ENDED-") else {
+    let Some(screen) = tmux_screen("fhir-bulk-test", &command, "RUN-ENDED-") else {
         eprintln!("tmux is not installed (Debian package `tmux`): the terminal test did not run");
         return;
     };
@@ -528,12 +562,11 @@ async fn the_summary_counts_what_log_ndjson_counts() {
 
 #[test]
 fn errors_are_red_on_a_terminal_unless_no_color() {
-    let socket = format!("fhir-bulk-colour-{}", std::process::id());
     let run = |no_color: &str| {
         let command = format!(
             "env {no_color} TERM=xterm XDG_CONFIG_HOME=/nonexistent {BIN} export http://ehr.example/fhir ; echo RUN-ENDED-$?; sleep 30"
         );
-        tmux_capture(&socket, &command, "RUN-ENDED-", &["-e"])
+        tmux_capture("fhir-bulk-colour", &command, "RUN-ENDED-", &["-e"])
     };
     let Some(coloured) = run("-u NO_COLOR") else {
         eprintln!("tmux is not installed (Debian package `tmux`): the colour test did not run");
