@@ -16,7 +16,7 @@ use crate::outcomes::{self, IssueCounts};
 use crate::progress::{FileProgress, Reporter};
 use crate::state::{self, FileRecord, StateFile};
 use fhir_bulk::download::{SaveEvent, SaveOptions, SaveResult, Saver, file_names};
-use fhir_bulk::{BulkClient, CompletedExport, DownloadOptions, Error, ExportFile, FileKind};
+use fhir_bulk::{BulkClient, CompletedExport, DownloadOptions, Error, FileKind};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -143,25 +143,38 @@ impl<'a> Downloads<'a> {
     }
 
     /// Queues the files of `export` not offered before in this run and not already complete;
-    /// returns how many were queued and how many were complete from an earlier run.
+    /// returns how many were queued and how many were complete from an earlier run. For the
+    /// partial manifests of a running job: they are queued at once (the job's final manifest
+    /// goes to [`Downloads::finish`], which feeds its files as the downloads drain).
     pub(crate) fn offer(
         &mut self,
         export: &CompletedExport,
         state: &mut StateFile,
     ) -> (usize, usize) {
-        let names = file_names(export, self.gzip);
-        self.offer_named(export, names, state)
+        let (wanted, queued, skipped) = self.sort(export, state, true);
+        for ((file, relative), _) in file_names(export, self.gzip)
+            .zip(wanted)
+            .filter(|(_, want)| *want)
+        {
+            self.saver.push(file, relative);
+        }
+        self.begin(queued);
+        (queued, skipped)
     }
 
-    /// [`Downloads::offer`] with the files' names already made.
-    fn offer_named(
+    /// Which files of `export` to download, in [`file_names`] order: not offered before in
+    /// this run (with `remember`, the others are remembered as offered now) and not already
+    /// complete; with how many that is and how many were complete from an earlier run. One
+    /// flag per file, so a 100,000-file manifest is sorted without a copy of it.
+    fn sort(
         &mut self,
         export: &CompletedExport,
-        names: Vec<(ExportFile, PathBuf)>,
         state: &mut StateFile,
-    ) -> (usize, usize) {
+        remember: bool,
+    ) -> (Vec<bool>, usize, usize) {
         let (mut queued, mut skipped) = (0, 0);
-        for (file, relative) in names {
+        let mut wanted = Vec::new();
+        for (file, relative) in file_names(export, self.gzip) {
             let key = state::key(&relative);
             let url = file.file.url.redacted();
             if let Some(seen) = self.offered.get(&key) {
@@ -178,25 +191,33 @@ impl<'a> Downloads<'a> {
                         },
                     ));
                 }
+                wanted.push(false);
                 continue;
             }
             if already_complete(&self.dir, &relative, &url, state) {
                 skipped += 1;
+                wanted.push(false);
                 self.reporter
                     .detail(&format!("{} is already complete", relative.display()));
             } else {
                 state.state.files.remove(&key);
-                self.saver.push(file, relative);
+                wanted.push(true);
                 queued += 1;
             }
-            self.offered.insert(key, url);
+            if remember {
+                self.offered.insert(key, url);
+            }
         }
         self.report.skipped += skipped;
+        (wanted, queued, skipped)
+    }
+
+    /// Starts the clock and the bars with the first files queued.
+    fn begin(&mut self, queued: usize) {
         if self.started.is_none() && queued > 0 {
             self.started = Some(std::time::Instant::now());
             self.reporter.downloads(queued);
         }
-        (queued, skipped)
     }
 
     /// Waits for one download to end (saved, synced and renamed, or failed) and records it.
@@ -265,14 +286,17 @@ impl<'a> Downloads<'a> {
         // The server's text as sent: the summary says when it is not an instant.
         state.state.transaction_time = export.manifests.first().map(|m| m.transaction_time.clone());
         // Forget records of files this manifest does not list (an earlier manifest's).
-        let names = file_names(export, self.gzip);
-        let listed: HashSet<String> = names.iter().map(|(_, rel)| state::key(rel)).collect();
-        state.state.files.retain(|key, _| listed.contains(key));
-        drop(listed);
+        if !state.state.files.is_empty() {
+            let listed: HashSet<String> = file_names(export, self.gzip)
+                .map(|(_, relative)| state::key(&relative))
+                .collect();
+            state.state.files.retain(|key, _| listed.contains(key));
+        }
         state.save()?;
         let early = self.offered.len();
-        let (queued, skipped) = self.offer_named(export, names, state);
-        let running = self.saver.pending().saturating_sub(queued);
+        let (wanted, queued, skipped) = self.sort(export, state, false);
+        self.begin(queued);
+        let running = self.saver.pending();
         if early > 0 {
             self.reporter.info(&format!(
                 "the export is complete: {early} file(s) came with partial manifests ({running} \
@@ -292,8 +316,16 @@ impl<'a> Downloads<'a> {
             self.started = Some(std::time::Instant::now());
             self.reporter.downloads(0);
         }
-        while let Some(result) = self.next(state).await {
-            result?;
+        // Fed as the downloads drain: a few files wait, not the whole manifest.
+        let mut jobs = file_names(export, self.gzip)
+            .zip(wanted)
+            .filter_map(|(named, want)| want.then_some(named));
+        loop {
+            self.saver.feed(&mut jobs);
+            let Some(done) = self.saver.next().await else {
+                break;
+            };
+            self.record(done, state)?;
         }
         self.report.elapsed = self.started.map(|s| s.elapsed()).unwrap_or_default();
         Ok(self.report)

@@ -343,7 +343,7 @@ async fn a_google_shaped_export_is_read_from_cloud_storage_through_the_emulator_
     let page = fhir_bulk::Manifest::from_slice(&manifest, "manifest.json").unwrap();
     assert_eq!(page.output_organized_by.as_deref(), Some("Patient"));
     let export = fhir_bulk::CompletedExport::from_manifests(base.clone(), vec![page]);
-    let names = fhir_bulk::download::file_names(&export, false);
+    let names: Vec<_> = fhir_bulk::download::file_names(&export, false).collect();
     assert!(names.len() >= 2, "{names:?}");
     for (file, relative) in names {
         let gs = file.file.url.expose().to_owned();

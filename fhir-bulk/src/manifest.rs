@@ -247,12 +247,18 @@ impl TryFrom<Wire> for Manifest {
             .ok_or("the required field `transactionTime` is missing")?;
         let mut error = wire.error;
         error.extend(wire.outcome);
+        // A list read from JSON grows by doubling: up to half of it would be spare room, held
+        // as long as the export (the CLI holds a 100,000-file manifest for the whole run).
+        let (mut output, mut deleted) = (wire.output, wire.deleted);
+        for list in [&mut output, &mut deleted, &mut error] {
+            list.shrink_to_fit();
+        }
         Ok(Manifest {
             transaction_time,
             request: wire.request,
             requires_access_token: wire.requires_access_token.unwrap_or(true),
-            output: wire.output,
-            deleted: wire.deleted,
+            output,
+            deleted,
             error,
             extension: wire.extension,
             output_organized_by: wire.output_organized_by,
@@ -460,35 +466,44 @@ impl CompletedExport {
 
     /// The files of one kind across all pages, each once (by URL), in manifest order.
     pub fn files(&self, kind: FileKind) -> Vec<ExportFile> {
-        let mut seen = HashSet::new();
-        let mut files = Vec::new();
-        for m in &self.manifests {
-            let list = match kind {
-                FileKind::Output => &m.output,
-                FileKind::Error => &m.error,
-                FileKind::Deleted => &m.deleted,
-            };
-            for f in list {
-                if seen.insert(f.url.expose()) {
-                    files.push(ExportFile {
-                        kind,
-                        file: f.clone(),
-                        requires_access_token: m.requires_access_token,
-                        organized_by: m.output_organized_by.clone(),
-                        expires: m.expires,
-                    });
-                }
-            }
-        }
-        files
+        self.files_of(kind).collect()
     }
 
     /// Output, error and deleted files, in that order.
     pub fn all_files(&self) -> Vec<ExportFile> {
+        self.iter_files().collect()
+    }
+
+    /// [`CompletedExport::all_files`] one at a time: each [`ExportFile`] is made as it is
+    /// taken, so going through a manifest of 100,000 files holds one entry, not a copy of
+    /// the manifest (only the URLs seen so far are remembered, borrowed, to drop repeats).
+    pub fn iter_files(&self) -> impl Iterator<Item = ExportFile> + '_ {
         [FileKind::Output, FileKind::Error, FileKind::Deleted]
             .into_iter()
-            .flat_map(|k| self.files(k))
-            .collect()
+            .flat_map(|kind| self.files_of(kind))
+    }
+
+    /// The files of one kind across all pages, each once (by URL), made as they are taken.
+    fn files_of(&self, kind: FileKind) -> impl Iterator<Item = ExportFile> + '_ {
+        let mut seen = HashSet::new();
+        self.manifests
+            .iter()
+            .flat_map(move |m| {
+                let list = match kind {
+                    FileKind::Output => &m.output,
+                    FileKind::Error => &m.error,
+                    FileKind::Deleted => &m.deleted,
+                };
+                list.iter().map(move |f| (m, f))
+            })
+            .filter(move |(_, f)| seen.insert(f.url.expose()))
+            .map(move |(m, f)| ExportFile {
+                kind,
+                file: f.clone(),
+                requires_access_token: m.requires_access_token,
+                organized_by: m.output_organized_by.clone(),
+                expires: m.expires,
+            })
     }
 }
 

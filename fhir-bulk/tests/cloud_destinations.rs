@@ -58,7 +58,6 @@ async fn single_machine(
         .await
         .unwrap();
     file_names(export, false)
-        .into_iter()
         .map(|(_, rel)| {
             let name = rel.to_string_lossy().replace('\\', "/");
             (name, std::fs::read(dir.path().join(&rel)).unwrap())

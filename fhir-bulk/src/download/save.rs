@@ -341,36 +341,38 @@ pub struct SaveReport {
 /// (n counting from 1 per type, in manifest order; organized output is named after the
 /// organizing type), `error/OperationOutcome.<n>.ndjson` and `deleted/Bundle.<n>.ndjson`;
 /// `.gz` appended when `gzip`.
-pub fn file_names(export: &CompletedExport, gzip: bool) -> Vec<(ExportFile, PathBuf)> {
+///
+/// The pairs are made as they are taken (like [`CompletedExport::iter_files`]), so a
+/// manifest of 100,000 files is not copied to be named; `.collect()` them for a list.
+pub fn file_names(
+    export: &CompletedExport,
+    gzip: bool,
+) -> impl Iterator<Item = (ExportFile, PathBuf)> + '_ {
     let mut counters: HashMap<(FileKind, String), u32> = HashMap::new();
     let ext = if gzip { "ndjson.gz" } else { "ndjson" };
-    export
-        .all_files()
-        .into_iter()
-        .map(|file| {
-            let (dir, name) = match file.kind {
-                FileKind::Output => (
-                    None,
-                    file.file
-                        .resource_type
-                        .clone()
-                        .or_else(|| file.organized_by.clone())
-                        .filter(|t| crate::validate::is_resource_type(t))
-                        .unwrap_or_else(|| "output".to_owned()),
-                ),
-                FileKind::Error => (Some("error"), "OperationOutcome".to_owned()),
-                FileKind::Deleted => (Some("deleted"), "Bundle".to_owned()),
-            };
-            let n = counters.entry((file.kind, name.clone())).or_insert(0);
-            *n += 1;
-            let mut path = PathBuf::new();
-            if let Some(dir) = dir {
-                path.push(dir);
-            }
-            path.push(format!("{name}.{n}.{ext}"));
-            (file, path)
-        })
-        .collect()
+    export.iter_files().map(move |file| {
+        let (dir, name) = match file.kind {
+            FileKind::Output => (
+                None,
+                file.file
+                    .resource_type
+                    .clone()
+                    .or_else(|| file.organized_by.clone())
+                    .filter(|t| crate::validate::is_resource_type(t))
+                    .unwrap_or_else(|| "output".to_owned()),
+            ),
+            FileKind::Error => (Some("error"), "OperationOutcome".to_owned()),
+            FileKind::Deleted => (Some("deleted"), "Bundle".to_owned()),
+        };
+        let n = counters.entry((file.kind, name.clone())).or_insert(0);
+        *n += 1;
+        let mut path = PathBuf::new();
+        if let Some(dir) = dir {
+            path.push(dir);
+        }
+        path.push(format!("{name}.{n}.{ext}"));
+        (file, path)
+    })
 }
 
 fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> Error {
@@ -509,7 +511,7 @@ impl Sink {
             path: path.to_owned(),
             gzip: gzip.then(encoder),
             member_in: 0,
-            buffer: Vec::with_capacity(FLUSH_AT),
+            buffer: Vec::new(), // grows to FLUSH_AT for a big file; a one-line file needs a few bytes
             written: 0,
             pending: None,
             url,
@@ -699,18 +701,32 @@ impl BulkClient {
         dir: &Path,
         options: &SaveOptions,
     ) -> Result<SaveReport> {
+        self.save_all(file_names(export, options.gzip), dir, options)
+            .await
+    }
+
+    /// Saves `jobs` (files and their names) through one [`Saver`](super::Saver), fed as it
+    /// drains, so the files waiting hold memory for a few entries, not for the manifest.
+    pub(crate) async fn save_all(
+        &self,
+        mut jobs: impl Iterator<Item = (ExportFile, PathBuf)>,
+        dir: &Path,
+        options: &SaveOptions,
+    ) -> Result<SaveReport> {
         let mut saver = super::Saver::new(self, dir, options.clone());
-        for (file, name) in file_names(export, options.gzip) {
-            saver.push(file, name);
-        }
-        let mut files: Vec<Option<SavedFile>> = vec![None; saver.pending()];
+        let mut files: Vec<Option<SavedFile>> = Vec::new();
         let mut failed: Vec<(usize, FailedFile)> = Vec::new();
-        while let Some(done) = saver.next().await {
+        loop {
+            saver.feed(&mut jobs);
+            let Some(done) = saver.next().await else {
+                break;
+            };
             match done.result {
                 Ok(saved) => {
-                    if let Some(slot) = files.get_mut(done.index) {
-                        *slot = Some(saved);
+                    if files.len() <= done.index {
+                        files.resize(done.index + 1, None);
                     }
+                    files[done.index] = Some(saved);
                 }
                 Err(error) if options.keep_going => failed.push((
                     done.index,
@@ -1145,7 +1161,7 @@ mod tests {
         );
         assert_eq!(rebuilt.all_files().len(), export.all_files().len());
         let names = |e: &CompletedExport| -> Vec<PathBuf> {
-            file_names(e, false).into_iter().map(|(_, p)| p).collect()
+            file_names(e, false).map(|(_, p)| p).collect()
         };
         assert_eq!(names(&rebuilt), names(&export));
         let dir = tempfile::tempdir().unwrap();

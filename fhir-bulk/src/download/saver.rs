@@ -76,10 +76,10 @@ enum Step {
 /// use fhir_bulk::download::{SaveOptions, Saver, file_names};
 /// # async fn run(client: fhir_bulk::BulkClient, export: fhir_bulk::CompletedExport) -> fhir_bulk::Result<()> {
 /// let mut saver = Saver::new(&client, "out".as_ref(), SaveOptions::default());
-/// for (file, name) in file_names(&export, false) {
-///     saver.push(file, name);
-/// }
-/// while let Some(done) = saver.next().await {
+/// let mut jobs = file_names(&export, false);
+/// loop {
+///     saver.feed(&mut jobs); // a few files ahead of the downloads, not the whole manifest
+///     let Some(done) = saver.next().await else { break };
 ///     let saved = done.result?;
 ///     println!("{}: {} lines", saved.path.display(), saved.lines);
 /// }
@@ -154,6 +154,26 @@ impl Saver {
             self.queue.push_back(Job { index, file, path });
         }
         index
+    }
+
+    /// Whether the saver wants more files pushed to keep its download slots busy: fewer than
+    /// twice [`DownloadOptions::concurrency`] (at least 8) are queued or ready. Pushing only
+    /// while it says so (as [`Saver::feed`] does) keeps the memory of the files waiting
+    /// bounded, whatever the number of files.
+    pub fn wants_more(&self) -> bool {
+        self.queue.len() + self.ready.len() < (2 * self.concurrency).max(8)
+    }
+
+    /// Pushes files from `jobs` (each with its path, as [`Saver::push`] takes them) while the
+    /// saver [wants more](Saver::wants_more). Call it before each [`Saver::next`] (the
+    /// example on [`Saver`]): once `next` is `None` after a feed, `jobs` is used up.
+    pub fn feed<P: AsRef<Path>>(&mut self, jobs: &mut impl Iterator<Item = (ExportFile, P)>) {
+        while self.wants_more() {
+            let Some((file, path)) = jobs.next() else {
+                return;
+            };
+            self.push(file, path);
+        }
     }
 
     /// Files pushed whose results [`Saver::next`] has not handed back yet.
@@ -349,7 +369,7 @@ mod tests {
             .wait()
             .await
             .unwrap();
-        let names = file_names(&export, false);
+        let names: Vec<_> = file_names(&export, false).collect();
         assert!(names.len() > 4, "{} files", names.len());
         let dir = tempfile::tempdir().unwrap();
         let events: Arc<Mutex<Vec<String>>> = Arc::default();

@@ -156,11 +156,10 @@ pub fn shard_file_names(
     gzip: bool,
     shard: Shard,
 ) -> Vec<(ExportFile, PathBuf)> {
-    let named = file_names(export, gzip);
-    let files: Vec<ExportFile> = named.iter().map(|(f, _)| f.clone()).collect();
+    let files: Vec<ExportFile> = export.iter_files().collect();
     let keep: HashSet<usize> = shard_positions(&files, shard).into_iter().collect();
-    named
-        .into_iter()
+    drop(files);
+    file_names(export, gzip)
         .enumerate()
         .filter(|(i, _)| keep.contains(i))
         .map(|(_, named)| named)
@@ -177,20 +176,8 @@ impl crate::BulkClient {
         options: &crate::download::SaveOptions,
         shard: Shard,
     ) -> Result<crate::download::SaveReport> {
-        use futures::{StreamExt, TryStreamExt};
         let jobs = shard_file_names(export, options.gzip, shard);
-        let concurrency = options.download.concurrency.max(1);
-        let files = futures::stream::iter(jobs.into_iter().map(|(file, name)| {
-            let path = dir.join(name);
-            async move { self.save_file(&file, &path, options).await }
-        }))
-        .buffered(concurrency)
-        .try_collect()
-        .await?;
-        Ok(crate::download::SaveReport {
-            files,
-            failed: Vec::new(),
-        })
+        self.save_all(jobs.into_iter(), dir, options).await
     }
 }
 
