@@ -154,6 +154,10 @@ struct Source {
     identity_range: bool,
     /// Whether the end of the body being read will be proven by its framing.
     framed: bool,
+    /// The rest of the last chunk read, not yet given to the decoder: gzip is decoded one
+    /// slice per step, each step's output handed out before the next, so a chunk of a
+    /// highly compressed body never sits decoded in memory all at once.
+    undecoded: bytes::Bytes,
 }
 
 impl Source {
@@ -201,6 +205,9 @@ impl Source {
 
     /// One request; what its answer leads to.
     async fn connect(&mut self) -> State {
+        // Input of the previous attempt not decoded yet is not counted in `received`: the
+        // new attempt reads it again.
+        self.undecoded = bytes::Bytes::new();
         let call = self.call();
         if self.resuming || self.emitted {
             tracing::info!(
@@ -357,6 +364,10 @@ impl Source {
 
     /// Reads one chunk of the body.
     async fn read(&mut self, mut response: Response) -> State {
+        if !self.undecoded.is_empty() {
+            let rest = std::mem::take(&mut self.undecoded);
+            return self.decode(response, rest);
+        }
         let chunk = match response.chunk().await {
             Ok(chunk) => chunk,
             Err(e) => {
@@ -377,7 +388,7 @@ impl Source {
         let Some(d) = self.decoder.as_mut() else {
             return self.body_failure("no decoder for the body".into());
         };
-        let Some(mut rest) = chunk else {
+        let Some(rest) = chunk else {
             return match d.finish() {
                 Ok(data) => {
                     if !data.is_empty() {
@@ -395,26 +406,33 @@ impl Source {
                 }
             };
         };
-        let slice = d.input_slice();
-        while !rest.is_empty() {
-            let piece = rest.split_to(rest.len().min(slice));
-            self.received += piece.len() as u64;
-            match d.push(piece) {
-                Ok(data) => {
-                    if !data.is_empty() {
-                        self.emitted = true;
-                        self.queue.push_back(Ok(BodyEvent::Data(data)));
-                    }
-                }
-                Err(e) => {
-                    // The decoder's state is lost: read the file again.
-                    self.decoder = None;
-                    let at = self.received;
-                    return self
-                        .body_failure(format!("the body does not decode at byte {at}: {}", e.0));
+        self.decode(response, rest)
+    }
+
+    /// Decodes one slice of `rest` (all of it for identity) and keeps the remainder for the
+    /// next step.
+    fn decode(&mut self, response: Response, mut rest: bytes::Bytes) -> State {
+        let Some(d) = self.decoder.as_mut() else {
+            return self.body_failure("no decoder for the body".into());
+        };
+        let piece = rest.split_to(rest.len().min(d.input_slice()));
+        self.received += piece.len() as u64;
+        match d.push(piece) {
+            Ok(data) => {
+                if !data.is_empty() {
+                    self.emitted = true;
+                    self.queue.push_back(Ok(BodyEvent::Data(data)));
                 }
             }
+            Err(e) => {
+                // The decoder's state is lost: read the file again.
+                self.decoder = None;
+                let at = self.received;
+                return self
+                    .body_failure(format!("the body does not decode at byte {at}: {}", e.0));
+            }
         }
+        self.undecoded = rest;
         State::Reading(response)
     }
 
@@ -461,38 +479,47 @@ impl Source {
     }
 }
 
+impl Source {
+    /// The source of one file, before its first request.
+    fn new(inner: Arc<Inner>, request: FileRequest) -> Source {
+        let resume = request.resume.clone();
+        let mut source = Source {
+            ctx: inner.retry_context().with_progress_allowance(),
+            inner,
+            request,
+            state: State::Connect,
+            queue: VecDeque::new(),
+            decoder: None,
+            received: 0,
+            furthest: 0,
+            if_range: None,
+            ranges: false,
+            emitted: false,
+            resuming: false,
+            identity_range: false,
+            framed: false,
+            undecoded: bytes::Bytes::new(),
+        };
+        // An earlier process read the identity bytes up to `offset`.
+        if let Some(from) = resume {
+            source.received = from.offset;
+            source.furthest = from.offset;
+            source.decoder = Some(BodyDecoder::Identity);
+            source.if_range = Some(from.validator);
+            source.ranges = true;
+            source.emitted = true;
+        }
+        source
+    }
+}
+
 /// The decoded bytes of one file, resumed across failures.
 pub(crate) fn body_stream(
     inner: Arc<Inner>,
     request: FileRequest,
 ) -> impl Stream<Item = Result<BodyEvent>> + Send + 'static {
     let span = tracing::info_span!("file", url = %redact_url(&request.url));
-    let resume = request.resume.clone();
-    let mut source = Source {
-        ctx: inner.retry_context().with_progress_allowance(),
-        inner,
-        request,
-        state: State::Connect,
-        queue: VecDeque::new(),
-        decoder: None,
-        received: 0,
-        furthest: 0,
-        if_range: None,
-        ranges: false,
-        emitted: false,
-        resuming: false,
-        identity_range: false,
-        framed: false,
-    };
-    // An earlier process read the identity bytes up to `offset`.
-    if let Some(from) = resume {
-        source.received = from.offset;
-        source.furthest = from.offset;
-        source.decoder = Some(BodyDecoder::Identity);
-        source.if_range = Some(from.validator);
-        source.ranges = true;
-        source.emitted = true;
-    }
+    let source = Source::new(inner, request);
     futures::stream::unfold(source, move |mut source| {
         let span = span.clone();
         async move {
@@ -501,4 +528,73 @@ pub(crate) fn body_stream(
         }
         .instrument(span)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+    use std::io::Write;
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    /// A body that compresses about 1,000 to 1 arrives in one large chunk: the source
+    /// decodes one slice per step, so what waits decoded is one slice's output, never the
+    /// chunk's (which would be tens of MiB).
+    #[tokio::test]
+    async fn a_highly_compressed_chunk_is_decoded_a_slice_at_a_time() {
+        let line = format!(
+            "{{\"resourceType\":\"Basic\",\"text\":\"{}\"}}\n",
+            "a".repeat(4000)
+        );
+        let total = 32 * 1024 * 1024;
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+        for _ in 0..total / line.len() {
+            encoder.write_all(line.as_bytes()).unwrap();
+        }
+        let packed = encoder.finish().unwrap();
+        assert!(packed.len() * 300 < total, "{} bytes packed", packed.len());
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("content-encoding", "gzip")
+                    .set_body_raw(packed, "application/fhir+ndjson"),
+            )
+            .mount(&server)
+            .await;
+        let client = crate::BulkClient::builder(server.uri().as_str())
+            .build()
+            .unwrap();
+        let request = FileRequest {
+            url: Url::parse(&format!("{}/f.ndjson", server.uri())).unwrap(),
+            token: TokenUse::Never,
+            expires: None,
+            resume: None,
+            accept: None,
+        };
+        let mut source = Source::new(client.inner.clone(), request);
+        let (mut decoded, mut most_waiting) = (0usize, 0usize);
+        while let Some(event) = source.next().await {
+            let waiting: usize = source
+                .queue
+                .iter()
+                .map(|e| match e {
+                    Ok(BodyEvent::Data(d)) => d.len(),
+                    _ => 0,
+                })
+                .sum();
+            most_waiting = most_waiting.max(waiting);
+            if let BodyEvent::Data(data) = event.unwrap() {
+                assert!(data.len() <= 4 * 1024 * 1024 + 64 * 1024, "{}", data.len());
+                decoded += data.len();
+            }
+        }
+        assert_eq!(decoded, total / line.len() * line.len());
+        assert!(
+            most_waiting <= 4 * 1024 * 1024,
+            "{most_waiting} bytes waited decoded"
+        );
+    }
 }

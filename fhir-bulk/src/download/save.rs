@@ -460,11 +460,37 @@ fn usable_resume(state: &ResumeState, url: &str, gzip: bool, part_len: u64) -> b
         && state.lines <= state.counted
 }
 
-async fn read_resume(part: &Path, url: &str, gzip: bool) -> Option<ResumeState> {
-    let text = tokio::fs::read(sidecar_path(part)).await.ok()?;
-    let state: ResumeState = serde_json::from_slice(&text).ok()?;
-    let len = tokio::fs::metadata(part).await.ok()?.len();
-    usable_resume(&state, url, gzip, len).then_some(state)
+/// What a save finds on disk before it starts.
+struct Found {
+    /// A kept `.part` to continue.
+    resume: Option<ResumeState>,
+    /// Whether a sidecar is there (usable or not): a fresh start removes it.
+    sidecar: bool,
+}
+
+/// Makes the file's directory and reads what an earlier save left (blocking: one trip to the
+/// blocking pool for all of it, which for a small file is most of its file work).
+fn prepare(path: &Path, part: &Path, url: &str, gzip: bool) -> Result<Found> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| io_error("creating directory", parent, e))?;
+    }
+    let Ok(text) = std::fs::read(sidecar_path(part)) else {
+        return Ok(Found {
+            resume: None,
+            sidecar: false,
+        });
+    };
+    let resume = serde_json::from_slice::<ResumeState>(&text)
+        .ok()
+        .zip(std::fs::metadata(part).ok())
+        .filter(|(state, meta)| usable_resume(state, url, gzip, meta.len()))
+        .map(|(state, _)| state);
+    Ok(Found {
+        resume,
+        sidecar: true,
+    })
 }
 
 async fn remove_part(part: &Path) {
@@ -488,6 +514,8 @@ struct Sink {
     /// representation being read when it can be resumed with a range.
     url: String,
     validator: Option<String>,
+    /// Whether this file has a sidecar on disk (written by this save or the one it resumes).
+    sidecar: bool,
 }
 
 const FLUSH_AT: usize = 256 * 1024;
@@ -516,6 +544,7 @@ impl Sink {
             pending: None,
             url,
             validator: None,
+            sidecar: false,
         })
     }
 
@@ -543,6 +572,7 @@ impl Sink {
             pending: None,
             url: state.url.clone(),
             validator: state.validator.clone(),
+            sidecar: true,
         })
     }
 
@@ -628,6 +658,7 @@ impl Sink {
             // pool: a future dropped here cannot leave the write running behind it, so the
             // sidecar on disk is always the last one this save wrote.
             std::fs::write(&sidecar, text).map_err(|e| io_error("writing", &sidecar, e))?;
+            self.sidecar = true;
         }
         Ok(())
     }
@@ -643,7 +674,7 @@ impl Sink {
 
     /// Writes what is left and hands the file over (written, not yet synced: the finisher
     /// syncs it before the rename).
-    async fn finish(mut self) -> Result<(u64, std::fs::File)> {
+    async fn finish(mut self) -> Result<(u64, bool, std::fs::File)> {
         let rest = match self.gzip.take() {
             // Nothing since the last member (a resumed file, or one ending at a member
             // end): no empty member. A file without any line still gets one.
@@ -658,7 +689,7 @@ impl Sink {
             .flush()
             .await
             .map_err(|e| io_error("writing", &self.path, e))?;
-        Ok((self.written, self.file.into_std().await))
+        Ok((self.written, self.sidecar, self.file.into_std().await))
     }
 }
 
@@ -794,20 +825,31 @@ pub(super) async fn download_one(
             true,
         )));
     }
-    if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(|e| io_error("creating directory", parent, e))?;
-    }
     let part = with_suffix(&path, ".part");
     let url = file.file.url.redacted();
-    let resume = read_resume(&part, &url, options.gzip).await;
-    let result = match save_attempt(&client, &file, &path, &part, &options, resume.as_ref()).await {
+    let found = {
+        let (at, kept, gzip) = (path.clone(), part.clone(), options.gzip);
+        tokio::task::spawn_blocking(move || prepare(&at, &kept, &url, gzip))
+            .await
+            .map_err(|e| io_error("opening", &part, std::io::Error::other(e.to_string())))??
+    };
+    let resume = found.resume.as_ref();
+    let result = match save_attempt(
+        &client,
+        &file,
+        &path,
+        &part,
+        &options,
+        resume,
+        found.sidecar,
+    )
+    .await
+    {
         // A range past the end of what an earlier run kept (it had every line): start over.
         Err(Error::UnexpectedResponse { response, .. })
             if resume.is_some() && response.status == 416 =>
         {
-            save_attempt(&client, &file, &path, &part, &options, None).await
+            save_attempt(&client, &file, &path, &part, &options, None, true).await
         }
         other => other,
     };
@@ -852,6 +894,7 @@ async fn save_attempt(
     part: &Path,
     options: &SaveOptions,
     resume: Option<&ResumeState>,
+    stale_sidecar: bool,
 ) -> Result<Written> {
     let download = &options.download;
     let info = info_for(file);
@@ -885,7 +928,9 @@ async fn save_attempt(
             (sink, tally, start)
         }
         None => {
-            let _ = tokio::fs::remove_file(sidecar_path(part)).await;
+            if stale_sidecar {
+                let _ = tokio::fs::remove_file(sidecar_path(part)).await;
+            }
             (
                 Sink::create(part, options.gzip, info.url.clone()).await?,
                 Tally::default(),
@@ -988,13 +1033,14 @@ async fn save_attempt(
         Ok(_) => {}
         Err(error) => return Err(error),
     }
-    let (bytes, handle) = sink.finish().await?;
+    let (bytes, sidecar, handle) = sink.finish().await?;
     if let Some(progress) = &options.on_progress {
         progress(path, tally.lines, tally.data_bytes);
     }
     Ok(Written {
         part: part.to_owned(),
         handle,
+        sidecar,
         saved: saved_file(file, path, tally, bytes, resumed_bytes, false),
     })
 }
@@ -1007,6 +1053,8 @@ pub(super) struct Written {
     part: PathBuf,
     /// The `.part`, open (so the sync needs no second open).
     handle: std::fs::File,
+    /// Whether it has a sidecar to remove.
+    sidecar: bool,
     /// What it becomes once renamed.
     pub(super) saved: SavedFile,
 }
@@ -1021,30 +1069,37 @@ pub(super) enum Downloaded {
     Written(Written),
 }
 
+/// Threads syncing the files of one batch at once, at most: a data sync mostly waits for the
+/// disk, and disks complete several flushes in about the time of one.
+const SYNC_THREADS: usize = 8;
+
 /// Makes written files final, in order, on the calling (blocking) thread: each file's data is
-/// synced (`fdatasync`) before the rename that gives it its final name, and each directory
-/// that received files is synced once for the whole batch, after its renames. So once a
-/// result is `Ok` the file survives a power cut under its final name; a crash before that
-/// leaves its `.part`, which the next save reads again. A failed sync or rename is an
-/// [`Error::Io`] and keeps the `.part` (an interruption: the next save resumes it).
+/// synced (`fdatasync`, the batch's files on up to [`SYNC_THREADS`] threads at once) before
+/// the rename that gives it its final name, and each directory that received files is synced
+/// once for the whole batch, after its renames. So once a result is `Ok` the file survives a
+/// power cut under its final name; a crash before that leaves its `.part`, which the next save
+/// reads again. A failed sync or rename is an [`Error::Io`] and keeps the `.part` (an
+/// interruption: the next save resumes it).
 pub(super) fn finish_batch(batch: Vec<Written>) -> Vec<Result<SavedFile>> {
+    let synced = sync_all_data(batch);
     let mut dirs: Vec<PathBuf> = Vec::new();
-    let results = batch
+    let results = synced
         .into_iter()
-        .map(|written| {
+        .map(|(written, synced)| {
             let Written {
                 part,
                 handle,
+                sidecar,
                 saved,
             } = written;
-            handle
-                .sync_data()
-                .map_err(|e| io_error("syncing", &part, e))?;
+            synced.map_err(|e| io_error("syncing", &part, e))?;
             drop(handle);
             // The sidecar goes first: dying between the two leaves a `.part` without one,
             // which the next run reads again from the start; never a sidecar next to a
             // finished file.
-            let _ = std::fs::remove_file(sidecar_path(&part));
+            if sidecar {
+                let _ = std::fs::remove_file(sidecar_path(&part));
+            }
             std::fs::rename(&part, &saved.path).map_err(|e| io_error("renaming", &part, e))?;
             let dir = saved
                 .path
@@ -1061,6 +1116,47 @@ pub(super) fn finish_batch(batch: Vec<Written>) -> Vec<Result<SavedFile>> {
         sync_dir(dir);
     }
     results
+}
+
+/// Syncs the data of every file of a batch, on up to [`SYNC_THREADS`] threads; each file with
+/// the result of its sync, in order.
+fn sync_all_data(batch: Vec<Written>) -> Vec<(Written, std::io::Result<()>)> {
+    if batch.len() < 2 {
+        return batch
+            .into_iter()
+            .map(|w| {
+                let synced = w.handle.sync_data();
+                (w, synced)
+            })
+            .collect();
+    }
+    let per_thread = batch.len().div_ceil(SYNC_THREADS);
+    let results: Vec<std::io::Result<()>> = std::thread::scope(|scope| {
+        let running: Vec<_> = batch
+            .chunks(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|w| w.handle.sync_data())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .zip(batch.chunks(per_thread))
+            .flat_map(|(thread, chunk)| {
+                thread.join().unwrap_or_else(|_| {
+                    chunk
+                        .iter()
+                        .map(|_| Err(std::io::Error::other("the sync thread panicked")))
+                        .collect()
+                })
+            })
+            .collect()
+    });
+    batch.into_iter().zip(results).collect()
 }
 
 /// Syncs a directory's entries (Unix; elsewhere a rename is as durable as it gets). A failure
