@@ -39,7 +39,8 @@ fn download_peak_rss(manifest: &Path, out: &Path) -> u64 {
 }
 
 /// Many files over few connections: the client keeps its connections alive from one file to
-/// the next (at most one per download slot, plus slack for a connection the server closes).
+/// the next (at most one per download slot, plus slack for a connection the server closes),
+/// and reports them as aggregate progress, not a line each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_reused_across_files() {
     let files = FileServer::start().await;
@@ -68,6 +69,15 @@ async fn connections_are_reused_across_files() {
         read(&out.join("Patient.300.ndjson")),
         "{\"resourceType\":\"Patient\",\"id\":\"p299\"}\n"
     );
+    // Many files: aggregate progress (a line every tenth of the files off a terminal), not a
+    // line per file.
+    assert!(!r.stderr.contains("saved Patient."), "{}", r.stderr);
+    let progress = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("downloaded ") && l.contains(" of 300 files"))
+        .count();
+    assert!((5..=10).contains(&progress), "{progress} lines:\n{}", r.stderr);
 }
 
 /// Peak memory grows with the manifest, not faster: the growth from 500 to 5,000 files
