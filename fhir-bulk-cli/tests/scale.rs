@@ -77,7 +77,11 @@ async fn connections_are_reused_across_files() {
         .lines()
         .filter(|l| l.contains("downloaded ") && l.contains(" of 300 files"))
         .count();
-    assert!((5..=10).contains(&progress), "{progress} lines:\n{}", r.stderr);
+    assert!(
+        (5..=10).contains(&progress),
+        "{progress} lines:\n{}",
+        r.stderr
+    );
 }
 
 /// Peak memory grows with the manifest, not faster: the growth from 500 to 5,000 files
