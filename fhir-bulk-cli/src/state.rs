@@ -401,9 +401,12 @@ impl StateFile {
     pub(crate) fn save(&mut self) -> Result<(), CliError> {
         self.sync_now();
         self.state.updated_at = crate::time::now();
-        let text = serde_json::to_vec(&self.state)
-            .map_err(|e| CliError::Failed(format!("cannot encode the job state: {e}")))?;
-        write_atomically(&self.path, &text).map_err(|e| {
+        // Streamed to the file (a 100,000-file state is megabytes: not built in memory first).
+        let state = &self.state;
+        write_atomically_with(&self.path, |out| {
+            serde_json::to_writer(out, state).map_err(std::io::Error::other)
+        })
+        .map_err(|e| {
             CliError::Failed(format!(
                 "cannot write the job state {}: {e}",
                 self.path.display()
@@ -532,11 +535,22 @@ fn replay(journal: &[u8]) -> Vec<JournalRecord> {
 /// Writes `data` to `path` through a synced temporary file and a rename, then syncs the
 /// directory entry.
 pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_atomically_with(path, |out| out.write_all(data))
+}
+
+/// [`write_atomically`] with the content written by `write`, through a 64 KiB buffer.
+pub(crate) fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut file = File::create(&tmp)?;
-    file.write_all(data)?;
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, File::create(&tmp)?);
+    write(&mut out)?;
+    let file = out
+        .into_inner()
+        .map_err(std::io::IntoInnerError::into_error)?;
     file.sync_all()?;
     drop(file);
     std::fs::rename(&tmp, path)?;
