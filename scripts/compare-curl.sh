@@ -9,7 +9,8 @@
 #
 # Prints wall time, CPU time (user + system) and peak RSS of each client, and the ratios
 # fhir-bulk / curl. Both clients write every file to disk. Needs python3 (data generation and
-# timing via wait4) and nginx (installed with apt-get when missing, as root).
+# timing via wait4), GNU time (peak RSS) and nginx (both installed with apt-get when missing,
+# as root).
 #
 #   scripts/compare-curl.sh              # builds target/release/fhir-bulk when missing
 #   SIZE_MB=200 scripts/compare-curl.sh  # a smaller first case
@@ -28,6 +29,10 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
 fi
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
+if [ ! -x /usr/bin/time ]; then
+    echo "GNU time is missing: installing the Debian package" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
+fi
 command -v curl >/dev/null || { echo "curl is missing" >&2; exit 1; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/compare-curl.XXXXXX")
@@ -132,20 +137,25 @@ for _ in $(seq 100); do
 done
 
 # measure OUT_FILE CMD...: runs CMD, appends "wall cpu peak_rss_kib" to OUT_FILE.
+# Peak RSS comes from GNU time (Debian package `time`), not from python's wait4: a child's
+# ru_maxrss is at least the RSS of the process that spawned it (the kernel keeps the replaced
+# memory's high-water mark at exec), which for python is about 14 MiB.
 measure() {
     local out=$1; shift
-    python3 - "$out" "$@" <<'PY'
+    python3 - "$out" "$work/rss" "$@" <<'PY'
 import os, subprocess, sys, time
-out, cmd = sys.argv[1], sys.argv[2:]
+out, rss_file, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
 start = time.monotonic()
-child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+child = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", rss_file] + cmd,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 _, status, usage = os.wait4(child.pid, 0)
 wall = time.monotonic() - start
 if os.waitstatus_to_exitcode(status) != 0:
     sys.stderr.write(child.stderr.read().decode(errors="replace"))
     sys.exit(f"failed: {' '.join(cmd[:3])} ...")
+rss = open(rss_file).read().split()[-1]
 with open(out, "w") as f:
-    f.write(f"{wall:.3f} {usage.ru_utime + usage.ru_stime:.3f} {usage.ru_maxrss}\n")
+    f.write(f"{wall:.3f} {usage.ru_utime + usage.ru_stime:.3f} {rss}\n")
 PY
 }
 
