@@ -161,6 +161,38 @@ struct Source {
 }
 
 impl Source {
+    /// The source of one file, before its first request.
+    fn new(inner: Arc<Inner>, request: FileRequest) -> Source {
+        let resume = request.resume.clone();
+        let mut source = Source {
+            ctx: inner.retry_context().with_progress_allowance(),
+            inner,
+            request,
+            state: State::Connect,
+            queue: VecDeque::new(),
+            decoder: None,
+            received: 0,
+            furthest: 0,
+            if_range: None,
+            ranges: false,
+            emitted: false,
+            resuming: false,
+            identity_range: false,
+            framed: false,
+            undecoded: bytes::Bytes::new(),
+        };
+        // An earlier process read the identity bytes up to `offset`.
+        if let Some(from) = resume {
+            source.received = from.offset;
+            source.furthest = from.offset;
+            source.decoder = Some(BodyDecoder::Identity);
+            source.if_range = Some(from.validator);
+            source.ranges = true;
+            source.emitted = true;
+        }
+        source
+    }
+
     fn body_failure(&self, message: String) -> State {
         State::Failed {
             error: Error::Transport {
@@ -476,40 +508,6 @@ impl Source {
                 } => self.failed(error, server, transient).await,
             };
         }
-    }
-}
-
-impl Source {
-    /// The source of one file, before its first request.
-    fn new(inner: Arc<Inner>, request: FileRequest) -> Source {
-        let resume = request.resume.clone();
-        let mut source = Source {
-            ctx: inner.retry_context().with_progress_allowance(),
-            inner,
-            request,
-            state: State::Connect,
-            queue: VecDeque::new(),
-            decoder: None,
-            received: 0,
-            furthest: 0,
-            if_range: None,
-            ranges: false,
-            emitted: false,
-            resuming: false,
-            identity_range: false,
-            framed: false,
-            undecoded: bytes::Bytes::new(),
-        };
-        // An earlier process read the identity bytes up to `offset`.
-        if let Some(from) = resume {
-            source.received = from.offset;
-            source.furthest = from.offset;
-            source.decoder = Some(BodyDecoder::Identity);
-            source.if_range = Some(from.validator);
-            source.ranges = true;
-            source.emitted = true;
-        }
-        source
     }
 }
 

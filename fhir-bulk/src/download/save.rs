@@ -1179,6 +1179,57 @@ mod tests {
     use std::sync::Mutex;
     use url::Url;
 
+    /// A batch of several files is synced in parallel and finished in order: each result is
+    /// its own file's, every `.part` is renamed, and a sidecar is removed only where the save
+    /// wrote one.
+    #[test]
+    fn a_batch_is_finished_in_order_with_its_own_results() {
+        let output: Vec<serde_json::Value> = (0..20)
+            .map(|i| serde_json::json!({"type": "Patient", "url": format!("https://h/f{i}")}))
+            .collect();
+        let body = serde_json::json!({"transactionTime": "2026-01-01T00:00:00Z",
+            "requiresAccessToken": false, "output": output});
+        let page = Manifest::from_slice(body.to_string().as_bytes(), "test").unwrap();
+        let export =
+            CompletedExport::from_manifests(Url::parse("https://h/status").unwrap(), vec![page]);
+        let dir = tempfile::tempdir().unwrap();
+        let batch: Vec<Written> = file_names(&export, false)
+            .enumerate()
+            .map(|(i, (file, name))| {
+                let path = dir.path().join(name);
+                let part = with_suffix(&path, ".part");
+                std::fs::write(&part, format!("{i}\n")).unwrap();
+                let sidecar = i % 2 == 0;
+                if sidecar {
+                    std::fs::write(sidecar_path(&part), "{}").unwrap();
+                }
+                Written {
+                    handle: std::fs::File::open(&part).unwrap(),
+                    part,
+                    sidecar,
+                    saved: saved_file(&file, &path, Tally::default(), 2, 0, false),
+                }
+            })
+            .collect();
+        let results = finish_batch(batch);
+        assert_eq!(results.len(), 20);
+        for (i, result) in results.into_iter().enumerate() {
+            let saved = result.unwrap();
+            assert_eq!(
+                saved.path,
+                dir.path().join(format!("Patient.{}.ndjson", i + 1))
+            );
+            assert_eq!(
+                std::fs::read_to_string(&saved.path).unwrap(),
+                format!("{i}\n")
+            );
+            let part = with_suffix(&saved.path, ".part");
+            assert!(!part.exists());
+            // Odd files had no sidecar written by their save: none is looked for.
+            assert!(!sidecar_path(&part).exists());
+        }
+    }
+
     #[tokio::test]
     async fn progress_is_reported_and_data_bytes_counted() {
         let server = TestServer::builder()

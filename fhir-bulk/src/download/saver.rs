@@ -349,6 +349,59 @@ mod tests {
     use fhir_bulk_test_server::TestServer;
     use std::sync::{Arc, Mutex};
 
+    /// Fed from an iterator, the saver queues at most its window of files (twice the
+    /// concurrency, at least 8) and holds at most the window, the downloads and the finisher's
+    /// backlog, whatever the number of files; it saves every one once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fed_saver_keeps_a_bounded_window_and_saves_everything() {
+        let server = TestServer::builder()
+            .patients(60)
+            .resource_types(["Patient", "Observation"])
+            .max_resources_per_file(2)
+            .polls_before_complete(0)
+            .start()
+            .await
+            .unwrap();
+        let client = BulkClient::builder(server.base_url().as_str())
+            .build()
+            .unwrap();
+        let export = client
+            .kick_off(&ExportRequest::system())
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+        let total = file_names(&export, false).count();
+        assert!(total > 40, "{total} files");
+        let dir = tempfile::tempdir().unwrap();
+        let options =
+            SaveOptions::default().with_download(DownloadOptions::default().with_concurrency(2));
+        let mut saver = Saver::new(&client, dir.path(), options);
+        let mut jobs = file_names(&export, false);
+        let mut saved = std::collections::HashSet::new();
+        loop {
+            saver.feed(&mut jobs);
+            // Feeding stops at the window; results of a finished batch may wait beyond it,
+            // bounded by the finisher's backlog.
+            assert!(saver.queue.len() <= 8, "{} queued", saver.queue.len());
+            assert!(
+                saver.pending() <= 8 + 2 + FINISH_BACKLOG,
+                "{} pending",
+                saver.pending()
+            );
+            let Some(done) = saver.next().await else {
+                break;
+            };
+            assert!(saved.insert(done.result.unwrap().path), "saved twice");
+        }
+        assert!(
+            jobs.next().is_none(),
+            "None from next only once the jobs are used up"
+        );
+        assert_eq!(saved.len(), total);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn files_pushed_while_others_run_are_all_saved_once_and_final() {
         let server = TestServer::builder()
