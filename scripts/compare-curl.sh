@@ -8,12 +8,23 @@
 #   4. 500 and 4,000 tiny files (CPU growth)     fhir-bulk only: CPU(4,000) / CPU(500)
 #
 # Prints wall time, CPU time (user + system) and peak RSS of each client, and the ratios
-# fhir-bulk / curl. Both clients write every file to disk. Needs python3 (data generation and
-# timing via wait4), GNU time (peak RSS) and nginx (both installed with apt-get when missing,
-# as root).
+# fhir-bulk / curl. Both clients write every file to disk; fhir-bulk also syncs each file's
+# data before its rename (a power cut cannot take back a file it reported), which curl does
+# not, so each curl run is followed by `sync --data` of the files it wrote (and their
+# directory), timed on its own: "curl + sync" is curl with fhir-bulk's durability, and the
+# script prints the ratios against both. Needs python3 (data generation and timing via
+# wait4), GNU time (peak RSS) and nginx (both installed with apt-get when missing, as root).
+#
+# Every run writes into a directory of its own, removed only at the end: on ext4, creating
+# files right after deleting thousands costs the next run extra system time (the kernel's
+# `recently_deleted` inode scan), which would charge one client for the other's deletions.
+# FRESH_FS=1 (root) writes every run to a new ext4 file system (journaled, as file systems in
+# use are) on a loop device in the work directory, so the figures do not depend on what the
+# machine's own file system has been through.
 #
 #   scripts/compare-curl.sh              # builds target/release/fhir-bulk when missing
 #   SIZE_MB=200 scripts/compare-curl.sh  # a smaller first case
+#   FRESH_FS=1 scripts/compare-curl.sh   # outputs on a fresh ext4 (loop device; root)
 #   FHIR_BULK_BIN=path/to/fhir-bulk scripts/compare-curl.sh
 set -euo pipefail
 
@@ -38,11 +49,28 @@ command -v curl >/dev/null || { echo "curl is missing" >&2; exit 1; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/compare-curl.XXXXXX")
 chmod 755 "$work" # nginx's workers run as another user
 nginx_pid=
+mounted=
 cleanup() {
     if [ -n "$nginx_pid" ]; then kill "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" 2>/dev/null || true; fi
+    if [ -n "$mounted" ]; then umount "$mounted" 2>/dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
+
+# Where the runs write: a directory of their own each (see above).
+outputs=$work/runs
+if [ "${FRESH_FS:-0}" = 1 ]; then
+    truncate -s $(( size_mb * 6 + 4096 ))M "$work/fs.img"
+    mkfs.ext4 -q -F "$work/fs.img"
+    mkdir -p "$outputs"
+    mount -o loop "$work/fs.img" "$outputs"
+    mounted=$outputs
+    echo "writing to a fresh ext4 on a loop device ($outputs)" >&2
+fi
+mkdir -p "$outputs"
+next_dir() {  # prints a new, empty directory for one run
+    mktemp -d "$outputs/run.XXXXXX"
+}
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 base="http://127.0.0.1:$port"
@@ -170,28 +198,31 @@ PY
 }
 
 run_fhir_bulk() {  # NAME
-    rm -rf "$work/out"
-    measure "$work/r.fhir" "$bin" download "$work/manifests/$1/manifest.json" --output-dir "$work/out" --quiet
+    local out; out=$(next_dir)
+    measure "$work/r.fhir" "$bin" download "$work/manifests/$1/manifest.json" --output-dir "$out" --quiet
     cat "$work/r.fhir"
 }
 
-run_curl() {  # NAME [curl flags]
+run_curl() {  # NAME [curl flags]: curl's "wall cpu rss", then those of the sync after it
     local name=$1; shift
-    rm -rf "$work/curl-out"; mkdir -p "$work/curl-out"
-    curl_config "$name" "$work/curl-out" > "$work/curl.cfg"
+    local out; out=$(next_dir)
+    curl_config "$name" "$out" > "$work/curl.cfg"
     measure "$work/r.curl" curl -s --fail --parallel --parallel-max 4 "$@" -K "$work/curl.cfg"
-    cat "$work/r.curl"
+    measure "$work/r.sync" sync --data "$out" "$out"/*
+    echo "$(cat "$work/r.curl") $(cat "$work/r.sync")"
 }
 
-printf '\n| export | fhir-bulk wall / CPU / peak RSS | curl wall / CPU / peak RSS | wall ratio | CPU ratio |\n'
-printf '| --- | --- | --- | ---: | ---: |\n'
+printf '\n| export | fhir-bulk wall / CPU / peak RSS | curl wall / CPU / peak RSS | curl + sync wall / CPU | wall ratio: curl, curl + sync | CPU ratio: curl, curl + sync |\n'
+printf '| --- | --- | --- | --- | ---: | ---: |\n'
 row() {  # LABEL NAME [curl flags]
     local label=$1 name=$2; shift 2
     read -r fw fc fm < <(run_fhir_bulk "$name")
-    read -r cw cc cm < <(run_curl "$name" "$@")
+    read -r cw cc cm sw sc _ < <(run_curl "$name" "$@")
     python3 -c "
-fw, fc, fm, cw, cc, cm = map(float, '$fw $fc $fm $cw $cc $cm'.split())
-print(f'| $label | {fw:.2f} s / {fc:.2f} s / {fm/1024:.0f} MiB | {cw:.2f} s / {cc:.2f} s / {cm/1024:.0f} MiB | {fw/cw:.2f} | {fc/max(cc, 1e-3):.2f} |')"
+fw, fc, fm, cw, cc, cm, sw, sc = map(float, '$fw $fc $fm $cw $cc $cm $sw $sc'.split())
+tw, tc = cw + sw, cc + sc
+print(f'| $label | {fw:.2f} s / {fc:.2f} s / {fm/1024:.0f} MiB | {cw:.2f} s / {cc:.2f} s / {cm/1024:.0f} MiB | {tw:.2f} s / {tc:.2f} s '
+      f'| {fw/cw:.2f}, {fw/tw:.2f} | {fc/max(cc, 1e-3):.2f}, {fc/max(tc, 1e-3):.2f} |')"
 }
 row "${size_mb} MB in 7 files, identity" identity
 row "${size_mb} MB in 7 files, gzip on the wire" gzip --compressed

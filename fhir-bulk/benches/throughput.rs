@@ -234,6 +234,30 @@ fn line_check(bencher: Bencher) {
         });
 }
 
+/// The whole-line check on lines with one long text (900 bytes of a 1,000-byte line, the
+/// shape `scripts/compare-curl.sh` serves): long strings are searched with memchr.
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn line_check_long_text(bencher: Bencher) {
+    let text = "x".repeat(900);
+    let lines: Vec<String> = (0..100_000)
+        .map(|i| {
+            format!(
+                r#"{{"resourceType":"Observation","id":"o{i}","status":"final","code":{{"text":"{text}"}},"subject":{{"reference":"Patient/p{}"}}}}"#,
+                i % 997
+            )
+        })
+        .collect();
+    let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+    bencher
+        .counter(BytesCount::new(bytes))
+        .counter(ItemsCount::new(lines.len()))
+        .bench(|| {
+            for line in &lines {
+                fhir_bulk::resource::check_line(line.as_bytes()).expect("valid line");
+            }
+        });
+}
+
 /// The serde_json check the validating scan replaced (UTF-8 over the line, then serde_json's
 /// skipping parse of one object to its end), on the same lines: the before of `line_check`.
 #[divan::bench(sample_count = 10, sample_size = 1)]

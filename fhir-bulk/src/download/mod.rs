@@ -12,6 +12,7 @@ mod expiry;
 mod lines;
 mod save;
 mod saver;
+mod write_behind;
 
 pub use save::{
     FailedFile, SaveEvent, SaveHook, SaveOptions, SaveProgress, SaveReport, SaveWarning, SavedFile,

@@ -28,6 +28,7 @@
 
 use super::body::ResumeFrom;
 use super::lines::{LineEvent, LineStart, line_stream_from};
+use super::write_behind::WriteBehind;
 use super::{
     DownloadOptions, InvalidLines, check_count, check_raw_line, info_for, line_error, request_for,
 };
@@ -45,7 +46,6 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 
 /// How [`BulkClient::save_export`] writes files.
 #[non_exhaustive]
@@ -464,32 +464,48 @@ fn usable_resume(state: &ResumeState, url: &str, gzip: bool, part_len: u64) -> b
 struct Found {
     /// A kept `.part` to continue.
     resume: Option<ResumeState>,
-    /// Whether a sidecar is there (usable or not): a fresh start removes it.
+    /// Whether a sidecar is there (the resume's; a stale one is removed).
     sidecar: bool,
+    /// Without a resume: the `.part`, created (empty) in the same trip.
+    created: Option<std::fs::File>,
 }
 
-/// Makes the file's directory and reads what an earlier save left (blocking: one trip to the
-/// blocking pool for all of it, which for a small file is most of its file work).
+/// Makes the file's directory, reads what an earlier save left and, when there is nothing to
+/// continue, creates the `.part` (blocking: one trip to the blocking pool for all of it, which
+/// for a small file is most of its file work).
 fn prepare(path: &Path, part: &Path, url: &str, gzip: bool) -> Result<Found> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
         && !parent.is_dir()
     {
         std::fs::create_dir_all(parent).map_err(|e| io_error("creating directory", parent, e))?;
     }
-    let Ok(text) = std::fs::read(sidecar_path(part)) else {
-        return Ok(Found {
-            resume: None,
-            sidecar: false,
-        });
+    let (resume, sidecar) = match std::fs::read(sidecar_path(part)) {
+        Err(_) => (None, false),
+        Ok(text) => {
+            let resume = serde_json::from_slice::<ResumeState>(&text)
+                .ok()
+                .zip(std::fs::metadata(part).ok())
+                .filter(|(state, meta)| usable_resume(state, url, gzip, meta.len()))
+                .map(|(state, _)| state);
+            (resume, true)
+        }
     };
-    let resume = serde_json::from_slice::<ResumeState>(&text)
-        .ok()
-        .zip(std::fs::metadata(part).ok())
-        .filter(|(state, meta)| usable_resume(state, url, gzip, meta.len()))
-        .map(|(state, _)| state);
+    if resume.is_some() {
+        return Ok(Found {
+            resume,
+            sidecar,
+            created: None,
+        });
+    }
+    // A fresh start: a stale sidecar goes before its `.part` is emptied.
+    if sidecar {
+        let _ = std::fs::remove_file(sidecar_path(part));
+    }
+    let created = std::fs::File::create(part).map_err(|e| io_error("creating", part, e))?;
     Ok(Found {
-        resume,
-        sidecar: true,
+        resume: None,
+        sidecar: false,
+        created: Some(created),
     })
 }
 
@@ -500,16 +516,22 @@ async fn remove_part(part: &Path) {
 
 /// Buffers, optionally compresses, and writes lines to a file; records how to resume it.
 struct Sink {
-    file: tokio::fs::File,
+    /// The `.part`, written behind: the next buffer fills while the last one is written.
+    file: WriteBehind,
     path: PathBuf,
     /// The encoder of the current gzip member.
     gzip: Option<GzEncoder<Vec<u8>>>,
     /// NDJSON bytes given to the current gzip member.
     member_in: u64,
     buffer: Vec<u8>,
+    /// Bytes handed to the file (written, or being written).
     written: u64,
     /// Where the save stands after the last buffered (or compressed) line.
     pending: Option<Place>,
+    /// Where the save will stand once the running write is in the file, with the `.part`'s
+    /// size then: recorded in the sidecar when the next write starts (so a sidecar never
+    /// names bytes the file may not have yet).
+    behind: Option<(Place, u64)>,
     /// For the sidecar: the file URL without its query, and the validator of the
     /// representation being read when it can be resumed with a range.
     url: String,
@@ -530,18 +552,33 @@ fn encoder() -> GzEncoder<Vec<u8>> {
 }
 
 impl Sink {
-    async fn create(path: &Path, gzip: bool, url: String) -> Result<Sink> {
-        let file = tokio::fs::File::create(path)
-            .await
-            .map_err(|e| io_error("creating", path, e))?;
+    /// A sink writing `path` from its start: `created` when the caller has just created it
+    /// (empty), otherwise created (or emptied) here.
+    async fn create(
+        path: &Path,
+        created: Option<std::fs::File>,
+        gzip: bool,
+        url: String,
+    ) -> Result<Sink> {
+        let file = match created {
+            Some(file) => file,
+            None => {
+                tokio::fs::File::create(path)
+                    .await
+                    .map_err(|e| io_error("creating", path, e))?
+                    .into_std()
+                    .await
+            }
+        };
         Ok(Sink {
-            file,
+            file: WriteBehind::new(file),
             path: path.to_owned(),
             gzip: gzip.then(encoder),
             member_in: 0,
             buffer: Vec::new(), // grows to FLUSH_AT for a big file; a one-line file needs a few bytes
             written: 0,
             pending: None,
+            behind: None,
             url,
             validator: None,
             sidecar: false,
@@ -563,13 +600,14 @@ impl Sink {
             .await
             .map_err(|e| io_error("seeking", path, e))?;
         Ok(Sink {
-            file,
+            file: WriteBehind::new(file.into_std().await),
             path: path.to_owned(),
             gzip: state.gzip.then(encoder),
             member_in: 0,
             buffer: Vec::with_capacity(FLUSH_AT),
             written: state.part_bytes,
             pending: None,
+            behind: None,
             url: state.url.clone(),
             validator: state.validator.clone(),
             sidecar: true,
@@ -590,8 +628,12 @@ impl Sink {
                 if self.member_in >= GZIP_MEMBER_BYTES {
                     self.end_member().await?;
                 } else if encoder.get_ref().len() >= FLUSH_AT {
+                    // Part of a member: not a place to resume from.
                     let chunk = std::mem::take(encoder.get_mut());
-                    self.write(&chunk).await?;
+                    let spare = self.write(chunk, None).await?;
+                    if let Some(encoder) = &mut self.gzip {
+                        *encoder.get_mut() = spare;
+                    }
                 }
             }
             None => {
@@ -606,8 +648,7 @@ impl Sink {
         Ok(())
     }
 
-    /// Ends the current gzip member, writes it, records how to resume after it, and starts
-    /// the next member.
+    /// Ends the current gzip member and writes it; the save can resume after it.
     async fn end_member(&mut self) -> Result<()> {
         let Some(encoder) = self.gzip.replace(encoder()) else {
             return Ok(());
@@ -616,59 +657,63 @@ impl Sink {
         let member = encoder
             .finish()
             .map_err(|e| io_error("compressing", &self.path, e))?;
-        self.write(&member).await?;
-        self.checkpoint().await
-    }
-
-    /// Writes the buffered lines, then records how to resume after them.
-    async fn flush(&mut self) -> Result<()> {
-        let chunk = std::mem::take(&mut self.buffer);
-        self.write(&chunk).await?;
-        self.buffer = chunk;
-        self.buffer.clear();
-        self.checkpoint().await
-    }
-
-    /// Records in the sidecar how to resume after everything written so far (which must end
-    /// after a whole line, and for gzip after a whole member).
-    async fn checkpoint(&mut self) -> Result<()> {
-        if let Some(place) = self.pending.take() {
-            // The lines must be in the file (not in tokio's write-behind buffer) before the
-            // sidecar says they are.
-            self.file
-                .flush()
-                .await
-                .map_err(|e| io_error("writing", &self.path, e))?;
-            let state = ResumeState {
-                version: RESUME_VERSION,
-                url: self.url.clone(),
-                part_bytes: self.written,
-                lines: place.lines,
-                data_bytes: place.data_bytes,
-                counted: place.counted,
-                offset: place.after.offset,
-                line: place.after.line,
-                lines_delivered: place.after.lines_delivered,
-                validator: self.validator.clone(),
-                gzip: self.gzip.is_some(),
-            };
-            let sidecar = sidecar_path(&self.path);
-            let text = serde_json::to_vec(&state).unwrap_or_default();
-            // A few hundred bytes every 256 KiB, written in place rather than on the blocking
-            // pool: a future dropped here cannot leave the write running behind it, so the
-            // sidecar on disk is always the last one this save wrote.
-            std::fs::write(&sidecar, text).map_err(|e| io_error("writing", &sidecar, e))?;
-            self.sidecar = true;
-        }
+        let place = self.pending.take();
+        self.write(member, place).await?;
         Ok(())
     }
 
-    async fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.file
-            .write_all(data)
+    /// Writes the buffered lines; the save can resume after them.
+    async fn flush(&mut self) -> Result<()> {
+        let chunk = std::mem::take(&mut self.buffer);
+        let place = self.pending.take();
+        self.buffer = self.write(chunk, place).await?;
+        Ok(())
+    }
+
+    /// Hands `data` to the file once the running write is done, and records in the sidecar
+    /// how to resume after that running write (its bytes are in the file now). `place`,
+    /// when the data ends at a place to resume from, is recorded by the next write.
+    /// Returns an empty buffer to fill next.
+    async fn write(&mut self, data: Vec<u8>, place: Option<Place>) -> Result<Vec<u8>> {
+        let len = data.len() as u64;
+        let spare = self
+            .file
+            .write(data)
             .await
             .map_err(|e| io_error("writing", &self.path, e))?;
-        self.written += data.len() as u64;
+        if let Some((done, part_bytes)) = self.behind.take() {
+            self.checkpoint(&done, part_bytes)?;
+        }
+        self.written += len;
+        if let Some(place) = place {
+            self.behind = Some((place, self.written));
+        }
+        Ok(spare)
+    }
+
+    /// Records in the sidecar how to resume after the `part_bytes` in the file, which end
+    /// after a whole line (and for gzip after a whole member) at `place`.
+    fn checkpoint(&mut self, place: &Place, part_bytes: u64) -> Result<()> {
+        let state = ResumeState {
+            version: RESUME_VERSION,
+            url: self.url.clone(),
+            part_bytes,
+            lines: place.lines,
+            data_bytes: place.data_bytes,
+            counted: place.counted,
+            offset: place.after.offset,
+            line: place.after.line,
+            lines_delivered: place.after.lines_delivered,
+            validator: self.validator.clone(),
+            gzip: self.gzip.is_some(),
+        };
+        let sidecar = sidecar_path(&self.path);
+        let text = serde_json::to_vec(&state).unwrap_or_default();
+        // A few hundred bytes every 256 KiB, written in place rather than on the blocking
+        // pool: a future dropped here cannot leave the write running behind it, so the
+        // sidecar on disk is always the last one this save wrote.
+        std::fs::write(&sidecar, text).map_err(|e| io_error("writing", &sidecar, e))?;
+        self.sidecar = true;
         Ok(())
     }
 
@@ -684,12 +729,18 @@ impl Sink {
                 .map_err(|e| io_error("compressing", &self.path, e))?,
             None => std::mem::take(&mut self.buffer),
         };
-        self.write(&rest).await?;
+        let len = rest.len() as u64;
         self.file
-            .flush()
+            .write(rest)
             .await
             .map_err(|e| io_error("writing", &self.path, e))?;
-        Ok((self.written, self.sidecar, self.file.into_std().await))
+        self.written += len;
+        let file = self
+            .file
+            .into_std()
+            .await
+            .map_err(|e| io_error("writing", &self.path, e))?;
+        Ok((self.written, self.sidecar, file))
     }
 }
 
@@ -834,22 +885,23 @@ pub(super) async fn download_one(
             .map_err(|e| io_error("opening", &part, std::io::Error::other(e.to_string())))??
     };
     let resume = found.resume.as_ref();
-    let result = match save_attempt(
-        &client,
-        &file,
-        &path,
-        &part,
-        &options,
-        resume,
-        found.sidecar,
-    )
-    .await
-    {
+    let start = match resume {
+        Some(state) => Start::Resume(state),
+        None => Start::Fresh {
+            created: found.created,
+            stale_sidecar: found.sidecar,
+        },
+    };
+    let result = match save_attempt(&client, &file, &path, &part, &options, start).await {
         // A range past the end of what an earlier run kept (it had every line): start over.
         Err(Error::UnexpectedResponse { response, .. })
             if resume.is_some() && response.status == 416 =>
         {
-            save_attempt(&client, &file, &path, &part, &options, None, true).await
+            let start = Start::Fresh {
+                created: None,
+                stale_sidecar: true,
+            };
+            save_attempt(&client, &file, &path, &part, &options, start).await
         }
         other => other,
     };
@@ -872,7 +924,7 @@ async fn save_one(
         Downloaded::Skipped(saved) => Ok(saved),
         Downloaded::Written(written) => {
             let part = written.part.clone();
-            tokio::task::spawn_blocking(move || finish_batch(vec![written]))
+            tokio::task::spawn_blocking(move || finish_batch(vec![sync_written(written)]))
                 .await
                 .map_err(|e| io_error("finishing", &part, std::io::Error::other(e.to_string())))?
                 .pop()
@@ -887,20 +939,35 @@ async fn save_one(
     }
 }
 
+/// How a save attempt starts its `.part`.
+enum Start<'a> {
+    /// Continues the kept `.part` this resume state describes.
+    Resume(&'a ResumeState),
+    /// From the start: `created` if the `.part` was just created (empty), and whether a
+    /// stale sidecar must go.
+    Fresh {
+        created: Option<std::fs::File>,
+        stale_sidecar: bool,
+    },
+}
+
 async fn save_attempt(
     client: &BulkClient,
     file: &ExportFile,
     path: &Path,
     part: &Path,
     options: &SaveOptions,
-    resume: Option<&ResumeState>,
-    stale_sidecar: bool,
+    begin: Start<'_>,
 ) -> Result<Written> {
     let download = &options.download;
     let info = info_for(file);
     let mut request = request_for(client, file)?;
-    let (mut sink, mut tally, start) = match resume {
-        Some(state) => {
+    let resume = match &begin {
+        Start::Resume(state) => Some(*state),
+        Start::Fresh { .. } => None,
+    };
+    let (mut sink, mut tally, start) = match begin {
+        Start::Resume(state) => {
             let sink = Sink::reopen(part, state).await?;
             let tally = Tally {
                 lines: state.lines,
@@ -927,12 +994,15 @@ async fn save_attempt(
             };
             (sink, tally, start)
         }
-        None => {
+        Start::Fresh {
+            created,
+            stale_sidecar,
+        } => {
             if stale_sidecar {
                 let _ = tokio::fs::remove_file(sidecar_path(part)).await;
             }
             (
-                Sink::create(part, options.gzip, info.url.clone()).await?,
+                Sink::create(part, created, options.gzip, info.url.clone()).await?,
                 Tally::default(),
                 LineStart::default(),
             )
@@ -954,50 +1024,29 @@ async fn save_attempt(
     futures::pin_mut!(lines);
     let mut reported = 0u64;
     let mut counted = start.counted;
-    loop {
-        let Some(next) = lines.next().await else {
-            break;
-        };
-        let line = match next {
-            Ok(LineEvent::Line(line)) => line,
-            Ok(LineEvent::Representation { resumable }) => {
-                sink.validator = resumable.and_then(|v| v.to_str().ok().map(str::to_owned));
-                continue;
-            }
-            Ok(LineEvent::End { counted: total }) => {
-                counted = total;
+    // Read to the end; on a failure, wait for the write running behind before handing the
+    // `.part` to a retry (which cuts it back to its sidecar's size).
+    let read: Result<()> = async {
+        loop {
+            let Some(next) = lines.next().await else {
                 break;
-            }
-            Err(Error::InvalidLine {
-                line,
-                kind,
-                message,
-                ..
-            }) if download.invalid_lines == InvalidLines::Report => {
-                tally.warnings.push(SaveWarning::InvalidLine {
+            };
+            let line = match next {
+                Ok(LineEvent::Line(line)) => line,
+                Ok(LineEvent::Representation { resumable }) => {
+                    sink.validator = resumable.and_then(|v| v.to_str().ok().map(str::to_owned));
+                    continue;
+                }
+                Ok(LineEvent::End { counted: total }) => {
+                    counted = total;
+                    break;
+                }
+                Err(Error::InvalidLine {
                     line,
                     kind,
                     message,
-                });
-                continue;
-            }
-            Err(error) => return Err(error),
-        };
-        let bytes = line.line.bytes();
-        if !line.header
-            && let Err(err) = check_raw_line(bytes, expected.as_deref())
-        {
-            let error = line_error(&info, line.line.number(), err);
-            match (download.invalid_lines, error) {
-                (
-                    InvalidLines::Report,
-                    Error::InvalidLine {
-                        line,
-                        kind,
-                        message,
-                        ..
-                    },
-                ) => {
+                    ..
+                }) if download.invalid_lines == InvalidLines::Report => {
                     tally.warnings.push(SaveWarning::InvalidLine {
                         line,
                         kind,
@@ -1005,24 +1054,55 @@ async fn save_attempt(
                     });
                     continue;
                 }
-                (_, error) => return Err(error),
+                Err(error) => return Err(error),
+            };
+            let bytes = line.line.bytes();
+            if !line.header
+                && let Err(err) = check_raw_line(bytes, expected.as_deref())
+            {
+                let error = line_error(&info, line.line.number(), err);
+                match (download.invalid_lines, error) {
+                    (
+                        InvalidLines::Report,
+                        Error::InvalidLine {
+                            line,
+                            kind,
+                            message,
+                            ..
+                        },
+                    ) => {
+                        tally.warnings.push(SaveWarning::InvalidLine {
+                            line,
+                            kind,
+                            message,
+                        });
+                        continue;
+                    }
+                    (_, error) => return Err(error),
+                }
+            }
+            tally.lines += 1;
+            tally.data_bytes += bytes.len() as u64 + 1;
+            let place = Place {
+                lines: tally.lines,
+                data_bytes: tally.data_bytes,
+                counted: line.counted,
+                after: line.after,
+            };
+            sink.line(bytes, place).await?;
+            if let Some(progress) = &options.on_progress
+                && tally.data_bytes - reported >= PROGRESS_EVERY_BYTES
+            {
+                reported = tally.data_bytes;
+                progress(path, tally.lines, tally.data_bytes);
             }
         }
-        tally.lines += 1;
-        tally.data_bytes += bytes.len() as u64 + 1;
-        let place = Place {
-            lines: tally.lines,
-            data_bytes: tally.data_bytes,
-            counted: line.counted,
-            after: line.after,
-        };
-        sink.line(bytes, place).await?;
-        if let Some(progress) = &options.on_progress
-            && tally.data_bytes - reported >= PROGRESS_EVERY_BYTES
-        {
-            reported = tally.data_bytes;
-            progress(path, tally.lines, tally.data_bytes);
-        }
+        Ok(())
+    }
+    .await;
+    if let Err(error) = read {
+        let _ = sink.file.wait().await;
+        return Err(error);
     }
     match check_count(&info, download.check_count, counted) {
         Ok(Some(Error::CountMismatch {
@@ -1031,7 +1111,10 @@ async fn save_attempt(
             .warnings
             .push(SaveWarning::CountMismatch { expected, actual }),
         Ok(_) => {}
-        Err(error) => return Err(error),
+        Err(error) => {
+            let _ = sink.file.wait().await;
+            return Err(error);
+        }
     }
     let (bytes, sidecar, handle) = sink.finish().await?;
     if let Some(progress) = &options.on_progress {
@@ -1045,8 +1128,8 @@ async fn save_attempt(
     })
 }
 
-/// A file whose lines are all in its `.part`, checked, waiting for [`finish_batch`]: synced,
-/// renamed to its final name, its directory synced.
+/// A file whose lines are all in its `.part`, checked, waiting for [`sync_written`] and
+/// [`finish_batch`]: synced, renamed to its final name, its directory synced.
 #[derive(Debug)]
 pub(super) struct Written {
     /// The `.part`.
@@ -1069,30 +1152,41 @@ pub(super) enum Downloaded {
     Written(Written),
 }
 
-/// Threads syncing the files of one batch at once, at most: a data sync mostly waits for the
-/// disk, and disks complete several flushes in about the time of one.
-const SYNC_THREADS: usize = 8;
+/// A written file after its data sync ([`sync_written`]), waiting for [`finish_batch`].
+#[derive(Debug)]
+pub(super) struct Synced {
+    written: Written,
+    /// The sync's result.
+    result: std::io::Result<()>,
+}
 
-/// Makes written files final, in order, on the calling (blocking) thread: each file's data is
-/// synced (`fdatasync`, the batch's files on up to [`SYNC_THREADS`] threads at once) before
-/// the rename that gives it its final name, and each directory that received files is synced
-/// once for the whole batch, after its renames. So once a result is `Ok` the file survives a
-/// power cut under its final name; a crash before that leaves its `.part`, which the next save
-/// reads again. A failed sync or rename is an [`Error::Io`] and keeps the `.part` (an
-/// interruption: the next save resumes it).
-pub(super) fn finish_batch(batch: Vec<Written>) -> Vec<Result<SavedFile>> {
-    let synced = sync_all_data(batch);
+/// Syncs a written file's data (`fdatasync`), on the calling (blocking) thread: the first
+/// step of making it final. The saver runs several at once, each as soon as its file is
+/// written, so a slow disk overlaps its flushes.
+pub(super) fn sync_written(written: Written) -> Synced {
+    let result = written.handle.sync_data();
+    Synced { written, result }
+}
+
+/// Makes data-synced files final, in order, on the calling (blocking) thread: each file is
+/// renamed to its final name only if its data sync ([`sync_written`]) succeeded, and each
+/// directory that received files is synced once for the whole batch, after its renames. So
+/// once a result is `Ok` the file survives a power cut under its final name; a crash before
+/// that leaves its `.part`, which the next save reads again. A failed sync or rename is an
+/// [`Error::Io`] and keeps the `.part` (an interruption: the next save resumes it).
+pub(super) fn finish_batch(batch: Vec<Synced>) -> Vec<Result<SavedFile>> {
     let mut dirs: Vec<PathBuf> = Vec::new();
-    let results = synced
+    let results = batch
         .into_iter()
-        .map(|(written, synced)| {
+        .map(|synced| {
+            let Synced { written, result } = synced;
             let Written {
                 part,
                 handle,
                 sidecar,
                 saved,
             } = written;
-            synced.map_err(|e| io_error("syncing", &part, e))?;
+            result.map_err(|e| io_error("syncing", &part, e))?;
             drop(handle);
             // The sidecar goes first: dying between the two leaves a `.part` without one,
             // which the next run reads again from the start; never a sidecar next to a
@@ -1118,47 +1212,6 @@ pub(super) fn finish_batch(batch: Vec<Written>) -> Vec<Result<SavedFile>> {
     results
 }
 
-/// Syncs the data of every file of a batch, on up to [`SYNC_THREADS`] threads; each file with
-/// the result of its sync, in order.
-fn sync_all_data(batch: Vec<Written>) -> Vec<(Written, std::io::Result<()>)> {
-    if batch.len() < 2 {
-        return batch
-            .into_iter()
-            .map(|w| {
-                let synced = w.handle.sync_data();
-                (w, synced)
-            })
-            .collect();
-    }
-    let per_thread = batch.len().div_ceil(SYNC_THREADS);
-    let results: Vec<std::io::Result<()>> = std::thread::scope(|scope| {
-        let running: Vec<_> = batch
-            .chunks(per_thread)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|w| w.handle.sync_data())
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        running
-            .into_iter()
-            .zip(batch.chunks(per_thread))
-            .flat_map(|(thread, chunk)| {
-                thread.join().unwrap_or_else(|_| {
-                    chunk
-                        .iter()
-                        .map(|_| Err(std::io::Error::other("the sync thread panicked")))
-                        .collect()
-                })
-            })
-            .collect()
-    });
-    batch.into_iter().zip(results).collect()
-}
-
 /// Syncs a directory's entries (Unix; elsewhere a rename is as durable as it gets). A failure
 /// costs only durability against a power cut of an entry already made, so it is ignored.
 pub(crate) fn sync_dir(dir: &Path) {
@@ -1179,8 +1232,7 @@ mod tests {
     use std::sync::Mutex;
     use url::Url;
 
-    /// A batch of several files is synced in parallel and finished in order: each result is
-    /// its own file's, every `.part` is renamed, and a sidecar is removed only where the save
+    /// A batch of several files is finished in order: each result is its own file's, every `.part` is renamed, and a sidecar is removed only where the save
     /// wrote one.
     #[test]
     fn a_batch_is_finished_in_order_with_its_own_results() {
@@ -1211,7 +1263,7 @@ mod tests {
                 }
             })
             .collect();
-        let results = finish_batch(batch);
+        let results = finish_batch(batch.into_iter().map(sync_written).collect());
         assert_eq!(results.len(), 20);
         for (i, result) in results.into_iter().enumerate() {
             let saved = result.unwrap();

@@ -3,9 +3,10 @@
 //! each on a task of its own, with the results handed back one by one.
 //!
 //! A download holds its slot only while it reads and writes: a file whose lines are all in
-//! its `.part` goes to the finisher, a blocking task that syncs the data, renames the file to
-//! its final name and syncs each directory once per batch of files (see [`finish_batch`]),
-//! while the next download already runs. A result says `Ok` only once the file is final and
+//! its `.part` has its data synced on the blocking pool ([`sync_written`], up to
+//! [`SYNC_THREADS`] files at once, each as soon as it is written), then goes to the finisher,
+//! a blocking task that renames the files to their final names and syncs each directory once
+//! per batch of files (see [`finish_batch`]), while the next download already runs. A result says `Ok` only once the file is final and
 //! durable, so a tool that records completed files (a journal) records nothing a power cut
 //! could take back.
 //!
@@ -13,8 +14,8 @@
 
 use super::DownloadOptions;
 use super::save::{
-    Downloaded, SaveEvent, SaveOptions, SavedFile, Written, download_one, finish_batch,
-    skipped_file,
+    Downloaded, SaveEvent, SaveOptions, SavedFile, Synced, Written, download_one, finish_batch,
+    skipped_file, sync_written,
 };
 use crate::client::BulkClient;
 use crate::error::{Error, Result};
@@ -31,6 +32,11 @@ use tokio::task::{JoinError, JoinHandle, JoinSet};
 /// concurrency: each holds an open file, so a disk slower to sync than the network is to
 /// read pauses new downloads instead of opening files without bound.
 const FINISH_BACKLOG: usize = 256;
+
+/// Data syncs running at once, at most: a sync mostly waits for the disk, and disks complete
+/// several flushes in about the time of one. They run on tokio's blocking pool, whose threads
+/// are reused from file to file.
+const SYNC_THREADS: usize = 8;
 
 /// A batch of written files being finished on the blocking pool, one result per file.
 type Batch = JoinHandle<Vec<Result<SavedFile>>>;
@@ -61,6 +67,7 @@ pub struct SaveResult {
 /// What one wait of [`Saver::next`] brought.
 enum Step {
     Downloaded(std::result::Result<(tokio::task::Id, Result<Downloaded>), JoinError>),
+    Synced(std::result::Result<(tokio::task::Id, Synced), JoinError>),
     Finished(std::result::Result<Vec<Result<SavedFile>>, JoinError>),
 }
 
@@ -94,8 +101,13 @@ pub struct Saver {
     queue: VecDeque<Job>,
     running: JoinSet<Result<Downloaded>>,
     in_flight: HashMap<tokio::task::Id, Job>,
-    /// Written, waiting for the finisher.
-    waiting: Vec<(Job, Written)>,
+    /// Written, waiting for a sync slot.
+    to_sync: VecDeque<(Job, Written)>,
+    /// Data syncs running, and their files.
+    syncing: JoinSet<Synced>,
+    syncing_jobs: HashMap<tokio::task::Id, Job>,
+    /// Synced, waiting for the finisher.
+    waiting: Vec<(Job, Synced)>,
     /// The batch being finished on the blocking pool.
     finishing: Option<(Vec<Job>, Batch)>,
     ready: VecDeque<SaveResult>,
@@ -108,6 +120,7 @@ impl fmt::Debug for Saver {
             .field("concurrency", &self.concurrency)
             .field("queued", &self.queue.len())
             .field("running", &self.running.len())
+            .field("syncing", &(self.to_sync.len() + self.syncing.len()))
             .field("finishing", &self.finishing_len())
             .field("ready", &self.ready.len())
             .finish_non_exhaustive()
@@ -127,6 +140,9 @@ impl Saver {
             queue: VecDeque::new(),
             running: JoinSet::new(),
             in_flight: HashMap::new(),
+            to_sync: VecDeque::new(),
+            syncing: JoinSet::new(),
+            syncing_jobs: HashMap::new(),
             waiting: Vec::new(),
             finishing: None,
             ready: VecDeque::new(),
@@ -178,11 +194,7 @@ impl Saver {
 
     /// Files pushed whose results [`Saver::next`] has not handed back yet.
     pub fn pending(&self) -> usize {
-        self.queue.len()
-            + self.running.len()
-            + self.waiting.len()
-            + self.finishing_len()
-            + self.ready.len()
+        self.queue.len() + self.running.len() + self.backlog() + self.ready.len()
     }
 
     /// Whether every file pushed has been handed back.
@@ -194,22 +206,30 @@ impl Saver {
         self.finishing.as_ref().map_or(0, |(jobs, _)| jobs.len())
     }
 
+    /// Written files not final yet: waiting for a sync, syncing, waiting for the finisher,
+    /// being finished.
+    fn backlog(&self) -> usize {
+        self.to_sync.len() + self.syncing.len() + self.waiting.len() + self.finishing_len()
+    }
+
     /// The next file saved, skipped or failed (in the order they end, not the order pushed),
     /// after [`SaveOptions::on_file`] was told; `None` once every file pushed was handed
     /// back. Cancel-safe: dropping the future loses no result (use it in `select!`).
     pub async fn next(&mut self) -> Option<SaveResult> {
         loop {
             self.fill();
+            self.start_syncing();
             self.start_finishing();
             if let Some(result) = self.ready.pop_front() {
                 self.tell(&result);
                 return Some(result);
             }
-            if self.running.is_empty() && self.finishing.is_none() {
+            if self.running.is_empty() && self.syncing.is_empty() && self.finishing.is_none() {
                 return None;
             }
             match poll_fn(|cx| self.poll_step(cx)).await {
                 Step::Downloaded(joined) => self.downloaded(joined),
+                Step::Synced(joined) => self.synced(joined),
                 Step::Finished(done) => self.finished(done),
             }
         }
@@ -221,6 +241,9 @@ impl Saver {
         {
             return Poll::Ready(Step::Finished(done));
         }
+        if let Poll::Ready(Some(joined)) = self.syncing.poll_join_next_with_id(cx) {
+            return Poll::Ready(Step::Synced(joined));
+        }
         if let Poll::Ready(Some(joined)) = self.running.poll_join_next_with_id(cx) {
             return Poll::Ready(Step::Downloaded(joined));
         }
@@ -229,9 +252,7 @@ impl Saver {
 
     /// Starts queued downloads while slots are free and the finisher keeps up.
     fn fill(&mut self) {
-        while self.running.len() < self.concurrency
-            && self.waiting.len() + self.finishing_len() < FINISH_BACKLOG
-        {
+        while self.running.len() < self.concurrency && self.backlog() < FINISH_BACKLOG {
             let Some(job) = self.queue.pop_front() else {
                 return;
             };
@@ -252,15 +273,26 @@ impl Saver {
         }
     }
 
-    /// Hands the written files to the finisher unless it is busy (they wait for the next
+    /// Starts data syncs of written files while sync slots are free.
+    fn start_syncing(&mut self) {
+        while self.syncing.len() < SYNC_THREADS {
+            let Some((job, written)) = self.to_sync.pop_front() else {
+                return;
+            };
+            let handle = self.syncing.spawn_blocking(move || sync_written(written));
+            self.syncing_jobs.insert(handle.id(), job);
+        }
+    }
+
+    /// Hands the synced files to the finisher unless it is busy (they wait for the next
     /// batch then).
     fn start_finishing(&mut self) {
         if self.finishing.is_some() || self.waiting.is_empty() {
             return;
         }
-        let (jobs, written): (Vec<Job>, Vec<Written>) =
+        let (jobs, synced): (Vec<Job>, Vec<Synced>) =
             std::mem::take(&mut self.waiting).into_iter().unzip();
-        let handle = tokio::task::spawn_blocking(move || finish_batch(written));
+        let handle = tokio::task::spawn_blocking(move || finish_batch(synced));
         self.finishing = Some((jobs, handle));
     }
 
@@ -276,9 +308,26 @@ impl Saver {
             return;
         };
         match joined {
-            Ok((_, Ok(Downloaded::Written(written)))) => self.waiting.push((job, written)),
+            Ok((_, Ok(Downloaded::Written(written)))) => self.to_sync.push_back((job, written)),
             Ok((_, Ok(Downloaded::Skipped(saved)))) => self.done(job, Ok(saved)),
             Ok((_, Err(error))) => self.done(job, Err(error)),
+            Err(error) => {
+                let error = abnormal(&job.path, &error.to_string());
+                self.done(job, Err(error));
+            }
+        }
+    }
+
+    fn synced(&mut self, joined: std::result::Result<(tokio::task::Id, Synced), JoinError>) {
+        let id = match &joined {
+            Ok((id, _)) => *id,
+            Err(error) => error.id(),
+        };
+        let Some(job) = self.syncing_jobs.remove(&id) else {
+            return;
+        };
+        match joined {
+            Ok((_, synced)) => self.waiting.push((job, synced)),
             Err(error) => {
                 let error = abnormal(&job.path, &error.to_string());
                 self.done(job, Err(error));

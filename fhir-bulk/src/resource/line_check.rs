@@ -77,6 +77,18 @@ struct Scanner<'a> {
     i: usize,
 }
 
+/// Plain string bytes read a word at a time before the rest of a string is left to memchr.
+const SHORT_STRING: usize = 32;
+
+/// Whether no byte of `bytes` is below 0x20: one pass, 32 bytes at a time (vectorised).
+fn control_free(bytes: &[u8]) -> bool {
+    let mut chunks = bytes.chunks_exact(32);
+    let clean = chunks
+        .by_ref()
+        .all(|chunk| chunk.iter().fold(u8::MAX, |low, &b| low.min(b)) >= 0x20);
+    clean && chunks.remainder().iter().all(|&b| b >= 0x20)
+}
+
 impl Scanner<'_> {
     #[inline(always)]
     fn peek(&self) -> Option<u8> {
@@ -173,7 +185,10 @@ impl Scanner<'_> {
         let mut i = start;
         let mut escaped = false;
         loop {
-            // Plain bytes, eight at a time, up to the first that needs a look.
+            // Plain bytes, eight at a time, up to the first that needs a look. A long run
+            // in a line without control bytes is left to memchr's SIMD search for the next
+            // quote or backslash.
+            let run = i;
             while let Some(chunk) = b.get(i..i + 8) {
                 let mut word = [0u8; 8];
                 word.copy_from_slice(chunk);
@@ -183,6 +198,16 @@ impl Scanner<'_> {
                     break;
                 }
                 i += 8;
+                if i - run >= SHORT_STRING {
+                    // Everything before the next quote or backslash is the string's own;
+                    // a control byte there is invalid.
+                    let end = memchr::memchr2(b'"', b'\\', &b[i..]).map_or(b.len(), |at| i + at);
+                    if !control_free(&b[i..end]) {
+                        return Err(Fail::Invalid);
+                    }
+                    i = end;
+                    break;
+                }
             }
             match b.get(i) {
                 None => return Err(Fail::Invalid),
@@ -482,6 +507,34 @@ mod tests {
         assert_eq!(scan(objects.as_bytes()), Scan::TooDeep);
     }
 
+    #[test]
+    fn long_strings_are_searched_to_their_end_and_control_bytes_refused() {
+        let long = "x".repeat(100);
+        assert!(valid(&format!(r#"{{"a":"{long}"}}"#)));
+        assert!(valid(&format!(r#"{{"a":"{long}\"{long}\\","b":1}}"#)));
+        assert!(valid(&format!("{{\t\"a\":\"{long}\"\r}}")));
+        // A tab, a newline or any byte below 0x20 far into a long string.
+        for control in ['\t', '\n', '\u{1}', '\u{1f}'] {
+            assert!(
+                !valid(&format!(r#"{{"a":"{long}{control}{long}"}}"#)),
+                "{control:?}"
+            );
+        }
+        // Tabs as white space, and a control byte inside a long string after them.
+        assert!(!valid(&format!("{{\t\"a\":\"{long}\u{1}\"}}")));
+        // Unterminated, and a bad escape far in.
+        assert!(!valid(&format!(r#"{{"a":"{long}"#)));
+        assert!(!valid(&format!(r#"{{"a":"{long}\x"}}"#)));
+        assert_eq!(
+            scan(format!(r#"{{"resourceType":"{long}"}}"#).as_bytes()),
+            Scan::Valid(Some(Span {
+                start: 17,
+                end: 117,
+                escaped: false
+            }))
+        );
+    }
+
     mod against_serde {
         use super::super::super::{ParseError, check_line, check_line_serde};
         use proptest::prelude::*;
@@ -497,6 +550,8 @@ mod tests {
             proptest::collection::vec(
                 prop_oneof![
                     6 => "[a-zA-Z0-9 ]{1,12}",
+                    // Long plain runs: past the word-at-a-time start, left to memchr.
+                    1 => "[a-zA-Z0-9 ]{17,60}",
                     1 => "[é😀\u{7f}\u{80}\u{7ff}\u{ffff}]",
                     1 => "\\\\[\"\\\\/bfnrt]",
                     1 => "\\\\u[0-9a-fA-F]{4}",
