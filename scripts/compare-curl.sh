@@ -11,9 +11,11 @@
 # fhir-bulk / curl. Both clients write every file to disk; fhir-bulk also syncs each file's
 # data before its rename (a power cut cannot take back a file it reported), which curl does
 # not, so each curl run is followed by `sync --data` of the files it wrote (and their
-# directory), timed on its own: "curl + sync" is curl with fhir-bulk's durability, and the
-# script prints the ratios against both. Needs python3 (data generation and timing via
-# wait4), GNU time (peak RSS) and nginx (both installed with apt-get when missing, as root).
+# directory), timed on its own: "curl + sync" is curl with fhir-bulk's durability. Each row
+# compares clients that promise the same: fhir-bulk against curl + sync, and
+# `fhir-bulk --no-sync` (nothing synced) against curl alone. Needs python3 (data generation
+# and timing via wait4), GNU time (peak RSS) and nginx (both installed with apt-get when
+# missing, as root).
 #
 # Every run writes into a directory of its own, removed only at the end: on ext4, creating
 # files right after deleting thousands costs the next run extra system time (the kernel's
@@ -164,7 +166,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
-# measure OUT_FILE CMD...: runs CMD, appends "wall cpu peak_rss_kib" to OUT_FILE.
+# measure OUT_FILE CMD...: runs CMD, writes "wall cpu peak_rss_kib" to OUT_FILE.
 # Peak RSS comes from GNU time (Debian package `time`), not from python's wait4: a child's
 # ru_maxrss is at least the RSS of the process that spawned it (the kernel keeps the replaced
 # memory's high-water mark at exec), which for python is about 14 MiB.
@@ -197,9 +199,11 @@ for i, f in enumerate(json.load(open(manifest))["output"]):
 PY
 }
 
-run_fhir_bulk() {  # NAME
+run_fhir_bulk() {  # NAME [fhir-bulk flags]
+    local name=$1; shift
     local out; out=$(next_dir)
-    measure "$work/r.fhir" "$bin" download "$work/manifests/$1/manifest.json" --output-dir "$out" --quiet
+    sync # untimed: no run inherits the dirty pages (and their writeback) of the one before
+    measure "$work/r.fhir" "$bin" download "$work/manifests/$name/manifest.json" --output-dir "$out" --quiet "$@"
     cat "$work/r.fhir"
 }
 
@@ -207,22 +211,27 @@ run_curl() {  # NAME [curl flags]: curl's "wall cpu rss", then those of the sync
     local name=$1; shift
     local out; out=$(next_dir)
     curl_config "$name" "$out" > "$work/curl.cfg"
+    sync # untimed, as for fhir-bulk; not between curl and its own sync
     measure "$work/r.curl" curl -s --fail --parallel --parallel-max 4 "$@" -K "$work/curl.cfg"
     measure "$work/r.sync" sync --data "$out" "$out"/*
     echo "$(cat "$work/r.curl") $(cat "$work/r.sync")"
 }
 
-printf '\n| export | fhir-bulk wall / CPU / peak RSS | curl wall / CPU / peak RSS | curl + sync wall / CPU | wall ratio: curl, curl + sync | CPU ratio: curl, curl + sync |\n'
-printf '| --- | --- | --- | --- | ---: | ---: |\n'
+# Two comparisons a row, each of clients with the same durability: fhir-bulk (every file
+# synced before its rename) against curl followed by `sync --data` of its files, and
+# `fhir-bulk --no-sync` against curl alone.
+printf '\n| export | fhir-bulk wall / CPU / peak RSS | curl + sync wall / CPU | ratio wall, CPU | fhir-bulk --no-sync wall / CPU / peak RSS | curl wall / CPU / peak RSS | ratio wall, CPU |\n'
+printf '| --- | --- | --- | ---: | --- | --- | ---: |\n'
 row() {  # LABEL NAME [curl flags]
     local label=$1 name=$2; shift 2
     read -r fw fc fm < <(run_fhir_bulk "$name")
+    read -r nw nc nm < <(run_fhir_bulk "$name" --no-sync)
     read -r cw cc cm sw sc _ < <(run_curl "$name" "$@")
     python3 -c "
-fw, fc, fm, cw, cc, cm, sw, sc = map(float, '$fw $fc $fm $cw $cc $cm $sw $sc'.split())
+fw, fc, fm, nw, nc, nm, cw, cc, cm, sw, sc = map(float, '$fw $fc $fm $nw $nc $nm $cw $cc $cm $sw $sc'.split())
 tw, tc = cw + sw, cc + sc
-print(f'| $label | {fw:.2f} s / {fc:.2f} s / {fm/1024:.0f} MiB | {cw:.2f} s / {cc:.2f} s / {cm/1024:.0f} MiB | {tw:.2f} s / {tc:.2f} s '
-      f'| {fw/cw:.2f}, {fw/tw:.2f} | {fc/max(cc, 1e-3):.2f}, {fc/max(tc, 1e-3):.2f} |')"
+print(f'| $label | {fw:.2f} s / {fc:.2f} s / {fm/1024:.0f} MiB | {tw:.2f} s / {tc:.2f} s | {fw/tw:.2f}, {fc/max(tc, 1e-3):.2f} '
+      f'| {nw:.2f} s / {nc:.2f} s / {nm/1024:.0f} MiB | {cw:.2f} s / {cc:.2f} s / {cm/1024:.0f} MiB | {nw/cw:.2f}, {nc/max(cc, 1e-3):.2f} |')"
 }
 row "${size_mb} MB in 7 files, identity" identity
 row "${size_mb} MB in 7 files, gzip on the wire" gzip --compressed

@@ -245,6 +245,13 @@ pub(crate) struct OutputArgs {
     #[arg(long, help_heading = "Transfer")]
     pub(crate) gzip: bool,
 
+    /// Do not sync downloaded files to the disk before they are final (faster where a sync is
+    /// slow). A killed run still resumes exactly, but an operating-system crash or power cut
+    /// can lose files already reported downloaded: rerun with --fresh after one. The job state
+    /// and attachments are still synced.
+    #[arg(long, help_heading = "Transfer")]
+    pub(crate) no_sync: bool,
+
     /// The longest NDJSON line accepted, in bytes (default 64 MiB).
     #[arg(
         long,

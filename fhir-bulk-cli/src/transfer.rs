@@ -15,7 +15,7 @@ use crate::log::{self, EventLog};
 use crate::outcomes::{self, IssueCounts};
 use crate::progress::{FileProgress, Reporter};
 use crate::state::{self, FileRecord, StateFile};
-use fhir_bulk::download::{SaveEvent, SaveOptions, SaveResult, Saver, file_names};
+use fhir_bulk::download::{Durability, SaveEvent, SaveOptions, SaveResult, Saver, file_names};
 use fhir_bulk::{BulkClient, CompletedExport, DownloadOptions, Error, FileKind};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
@@ -45,9 +45,15 @@ pub(crate) fn save_options(output: &OutputArgs) -> SaveOptions {
     if let Some(max) = output.max_line_bytes {
         download = download.with_max_line_bytes(usize::try_from(max).unwrap_or(usize::MAX));
     }
+    let durability = if output.no_sync {
+        Durability::Unsynced
+    } else {
+        Durability::Synced
+    };
     SaveOptions::default()
         .with_gzip(output.gzip)
         .with_download(download)
+        .with_durability(durability)
 }
 
 /// Whether `relative` is recorded complete for `url` and still on disk with its size.

@@ -429,9 +429,20 @@ async fn gzip_output_verbose_and_quiet_lines() {
         r.stderr
     );
 
+    // Quiet, and without syncs (`--no-sync`): the same files, each under its final name.
     let quiet = dir.path().join("quiet");
-    let r = run(&["export", &base, "--output-dir", s(&quiet), "--quiet", FAST]).await;
+    let r = run(&[
+        "export",
+        &base,
+        "--output-dir",
+        s(&quiet),
+        "--quiet",
+        "--no-sync",
+        FAST,
+    ])
+    .await;
     assert_code(&r, 0);
+    assert_files_match(&srv, &quiet, false);
     assert!(!r.stderr.contains("saved "), "{}", r.stderr);
     assert!(!r.stderr.contains("in progress"), "{}", r.stderr);
     assert!(r.stderr.contains("export kicked off"), "{}", r.stderr);

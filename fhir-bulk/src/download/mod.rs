@@ -15,8 +15,8 @@ mod saver;
 mod write_behind;
 
 pub use save::{
-    FailedFile, SaveEvent, SaveHook, SaveOptions, SaveProgress, SaveReport, SaveWarning, SavedFile,
-    SkipFn, file_names,
+    Durability, FailedFile, SaveEvent, SaveHook, SaveOptions, SaveProgress, SaveReport,
+    SaveWarning, SavedFile, SkipFn, file_names,
 };
 pub(crate) use save::{keeps_part, sync_dir, with_suffix};
 pub use saver::{SaveResult, Saver};
