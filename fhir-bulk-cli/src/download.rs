@@ -184,12 +184,10 @@ pub(crate) async fn run(args: &DownloadArgs) -> Result<(), CliError> {
     .await?;
     let issues = transfer::conclude(&report, dir, &mut state, &reporter, &log, started, "")?;
     let job_note = match &job {
-        Some(job) => Some(export::finish_job(job, args.keep_job, &mut state, &reporter).await),
+        Some(job) => Some(export::finish_job(job, args.keep_job, &mut state, &reporter).await?),
         None => None,
     };
-    transfer::summarize(
-        dir, &mut state, &report, issues, started, job_note, &reporter,
-    )
+    transfer::summarize(dir, &state, &report, issues, started, job_note, &reporter)
 }
 
 /// Whether two paths name the same directory.

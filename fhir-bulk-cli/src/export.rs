@@ -169,10 +169,10 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
     if history.is_some() {
         record_in_history(root, dir, &base, &request, &state, &reporter)?;
     }
-    let job_note = finish_job(&job, args.keep_job, &mut state, &reporter).await;
+    let job_note = finish_job(&job, args.keep_job, &mut state, &reporter).await?;
     transfer::summarize(
         dir,
-        &mut state,
+        &state,
         &report,
         issues,
         started,
@@ -542,20 +542,22 @@ async fn wait_reporting(
     }
 }
 
-/// DELETEs the job unless `--keep-job`; returns the summary's note about it.
+/// DELETEs the job unless `--keep-job` (recording a deletion in the job state); returns the
+/// summary's note about it.
 pub(crate) async fn finish_job(
     job: &ExportJob,
     keep: bool,
     state: &mut StateFile,
     reporter: &Reporter,
-) -> String {
+) -> Result<String, CliError> {
     let url = job.status_url().to_string();
     if keep {
-        return format!("kept on the server (--keep-job): {url}");
+        return Ok(format!("kept on the server (--keep-job): {url}"));
     }
-    match job.delete().await {
+    Ok(match job.delete().await {
         Ok(report) => {
             state.state.job_deleted = true;
+            state.save()?;
             if let Some(outcome) = &report.operation_outcome {
                 reporter.info(&format!("the server says about the DELETE: {outcome}"));
             }
@@ -569,7 +571,7 @@ pub(crate) async fn finish_job(
             ));
             format!("still on the server (the DELETE failed): {url}")
         }
-    }
+    })
 }
 
 /// Refuses a directory without a job state that holds files named like an export's: they

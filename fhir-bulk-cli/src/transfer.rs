@@ -390,18 +390,19 @@ pub(crate) fn conclude(
     Ok(issues)
 }
 
-/// The end of a run whose files are complete: saves the state, clears the bars, prints the
-/// summary, and turns error or fatal issues in the error files into exit code 1.
+/// The end of a run whose files are complete (its state saved by [`conclude`], and again by
+/// [`crate::export::finish_job`] when the job was deleted: the whole state is not written a
+/// third time): clears the bars, prints the summary, and turns error or fatal issues in the
+/// error files into exit code 1.
 pub(crate) fn summarize(
     dir: &Path,
-    state: &mut StateFile,
+    state: &StateFile,
     report: &TransferReport,
     issues: IssueCounts,
     started: std::time::Instant,
     job_note: Option<String>,
     reporter: &Reporter,
 ) -> Result<(), CliError> {
-    state.save()?;
     reporter.finish();
     let summary = crate::summary::Summary {
         files: &state.state.files,
