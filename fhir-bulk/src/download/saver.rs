@@ -6,9 +6,10 @@
 //! its `.part` has its data synced on the blocking pool ([`sync_written`], up to
 //! [`SYNC_THREADS`] files at once, each as soon as it is written), then goes to the finisher,
 //! a blocking task that renames the files to their final names and syncs each directory once
-//! per batch of files (see [`finish_batch`]), while the next download already runs. A result says `Ok` only once the file is final and
-//! durable, so a tool that records completed files (a journal) records nothing a power cut
-//! could take back.
+//! per batch of files (see [`finish_batch`]), while the next download already runs. A result
+//! says `Ok` only once the file is final and (under the default
+//! [`Durability::Synced`](super::Durability)) durable, so a tool that records completed files
+//! (a journal) records nothing a power cut could take back.
 //!
 //! [`BulkClient::save_export`] is this saver fed with every file of a complete export.
 
