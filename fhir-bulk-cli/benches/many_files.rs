@@ -11,7 +11,12 @@
 //! which for a `vfork`ed child is the parent's), so measured from the bench process itself,
 //! with its server and a 20,000-entry manifest in memory, the figure was the bench's.
 //!
+//! The files go to the system's temporary directory, or to `FHIR_BULK_BENCH_DIR` (a new file
+//! system there gives figures that do not depend on what the machine's has been through:
+//! creating files right after thousands were deleted costs ext4 extra system time).
+//!
 //! `cargo bench -p fhir-bulk-cli --bench many_files`
+//! `FHIR_BULK_BENCH_DIR=/mnt/fresh cargo bench -p fhir-bulk-cli --bench many_files`
 #![allow(
     clippy::unwrap_used,
     reason = "a benchmark harness: a failed unwrap is a failed run"
@@ -154,8 +159,17 @@ fn main() {
     println!("| files | wall | CPU | CPU per file | peak RSS | bytes written | of which data |");
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut cpu_of = std::collections::HashMap::new();
+    // Every case's files stay until the end, and the dirty pages of the one before are
+    // written back first (untimed): on ext4, creating files right after deleting thousands,
+    // or while the kernel writes back the last case's, would charge this case for them.
+    let mut kept = Vec::new();
     for n in counts {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let _ = std::process::Command::new("sync").status();
+        let dir = match std::env::var_os("FHIR_BULK_BENCH_DIR") {
+            Some(root) => tempfile::tempdir_in(root),
+            None => tempfile::tempdir(),
+        }
+        .expect("temp dir");
         let manifest = dir.path().join("in").join("manifest.json");
         std::fs::create_dir_all(manifest.parent().expect("parent")).expect("mkdir");
         std::fs::write(&manifest, server.manifest(n)).expect("manifest");
@@ -181,7 +195,9 @@ fn main() {
             data as f64 / 1e6,
         );
         cpu_of.insert(n, cost.cpu.as_secs_f64());
+        kept.push(dir);
     }
+    drop(kept);
     if let (Some(small), Some(large)) = (cpu_of.get(&500), cpu_of.get(&4_000)) {
         println!(
             "\nCPU for 4,000 files / CPU for 500: {:.1} (linear 8, target <= 10)",
