@@ -93,6 +93,8 @@ mod retry;
 mod secret;
 mod status;
 pub mod storage;
+#[cfg(test)]
+mod test_support;
 mod tls;
 mod transport;
 mod validate;

@@ -1302,8 +1302,8 @@ pub(crate) fn sync_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ExportRequest;
     use crate::manifest::Manifest;
+    use crate::test_support::completed_export;
     use fhir_bulk_test_server::TestServer;
     use std::sync::Mutex;
     use url::Url;
@@ -1401,23 +1401,13 @@ mod tests {
 
     #[tokio::test]
     async fn progress_is_reported_and_data_bytes_counted() {
-        let server = TestServer::builder()
-            .patients(40)
-            .resource_types(["Observation"])
-            .polls_before_complete(0)
-            .start()
-            .await
-            .unwrap();
-        let client = BulkClient::builder(server.base_url().as_str())
-            .build()
-            .unwrap();
-        let export = client
-            .kick_off(&ExportRequest::system())
-            .await
-            .unwrap()
-            .wait()
-            .await
-            .unwrap();
+        let (server, client, export) = completed_export(
+            TestServer::builder()
+                .patients(40)
+                .resource_types(["Observation"])
+                .polls_before_complete(0),
+        )
+        .await;
         let dir = tempfile::tempdir().unwrap();
         let calls: Arc<Mutex<Vec<(PathBuf, u64, u64)>>> = Arc::default();
         let seen = calls.clone();
@@ -1450,22 +1440,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_export_rebuilt_from_its_manifest_saves_the_same_files() {
-        let server = TestServer::builder()
-            .patients(2)
-            .polls_before_complete(0)
-            .start()
-            .await
-            .unwrap();
-        let client = BulkClient::builder(server.base_url().as_str())
-            .build()
-            .unwrap();
-        let export = client
-            .kick_off(&ExportRequest::system())
-            .await
-            .unwrap()
-            .wait()
-            .await
-            .unwrap();
+        let (_server, client, export) =
+            completed_export(TestServer::builder().patients(2).polls_before_complete(0)).await;
         let pages = export
             .manifests
             .iter()

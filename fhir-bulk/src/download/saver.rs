@@ -394,8 +394,8 @@ fn abnormal(path: &Path, message: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ExportRequest;
     use crate::download::file_names;
+    use crate::test_support::completed_export;
     use fhir_bulk_test_server::TestServer;
     use std::sync::{Arc, Mutex};
 
@@ -404,24 +404,14 @@ mod tests {
     /// backlog, whatever the number of files; it saves every one once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fed_saver_keeps_a_bounded_window_and_saves_everything() {
-        let server = TestServer::builder()
-            .patients(60)
-            .resource_types(["Patient", "Observation"])
-            .max_resources_per_file(2)
-            .polls_before_complete(0)
-            .start()
-            .await
-            .unwrap();
-        let client = BulkClient::builder(server.base_url().as_str())
-            .build()
-            .unwrap();
-        let export = client
-            .kick_off(&ExportRequest::system())
-            .await
-            .unwrap()
-            .wait()
-            .await
-            .unwrap();
+        let (_server, client, export) = completed_export(
+            TestServer::builder()
+                .patients(60)
+                .resource_types(["Patient", "Observation"])
+                .max_resources_per_file(2)
+                .polls_before_complete(0),
+        )
+        .await;
         let total = file_names(&export, false).count();
         assert!(total > 40, "{total} files");
         let dir = tempfile::tempdir().unwrap();
@@ -454,24 +444,14 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn files_pushed_while_others_run_are_all_saved_once_and_final() {
-        let server = TestServer::builder()
-            .patients(30)
-            .resource_types(["Patient", "Observation"])
-            .max_resources_per_file(10)
-            .polls_before_complete(0)
-            .start()
-            .await
-            .unwrap();
-        let client = BulkClient::builder(server.base_url().as_str())
-            .build()
-            .unwrap();
-        let export = client
-            .kick_off(&ExportRequest::system())
-            .await
-            .unwrap()
-            .wait()
-            .await
-            .unwrap();
+        let (server, client, export) = completed_export(
+            TestServer::builder()
+                .patients(30)
+                .resource_types(["Patient", "Observation"])
+                .max_resources_per_file(10)
+                .polls_before_complete(0),
+        )
+        .await;
         let names: Vec<_> = file_names(&export, false).collect();
         assert!(names.len() > 4, "{} files", names.len());
         let dir = tempfile::tempdir().unwrap();
