@@ -501,13 +501,12 @@ fn usable_resume(state: &ResumeState, url: &str, gzip: bool, part_len: u64) -> b
 }
 
 /// What a save finds on disk before it starts.
-struct Found {
-    /// A kept `.part` to continue.
-    resume: Option<ResumeState>,
-    /// Whether a sidecar is there (the resume's; a stale one is removed).
-    sidecar: bool,
-    /// Without a resume: the `.part`, created (empty) in the same trip.
-    created: Option<std::fs::File>,
+enum Found {
+    /// A kept `.part` to continue, described by its sidecar.
+    Resume(ResumeState),
+    /// Nothing to continue: the `.part`, created (empty) in the same trip, a stale sidecar
+    /// removed.
+    Created(std::fs::File),
 }
 
 /// Makes the file's directory, reads what an earlier save left and, when there is nothing to
@@ -530,23 +529,15 @@ fn prepare(path: &Path, part: &Path, url: &str, gzip: bool) -> Result<Found> {
             (resume, true)
         }
     };
-    if resume.is_some() {
-        return Ok(Found {
-            resume,
-            sidecar,
-            created: None,
-        });
+    if let Some(state) = resume {
+        return Ok(Found::Resume(state));
     }
     // A fresh start: a stale sidecar goes before its `.part` is emptied.
     if sidecar {
         let _ = std::fs::remove_file(sidecar_path(part));
     }
     let created = std::fs::File::create(part).map_err(|e| io_error("creating", part, e))?;
-    Ok(Found {
-        resume: None,
-        sidecar: false,
-        created: Some(created),
-    })
+    Ok(Found::Created(created))
 }
 
 async fn remove_part(part: &Path) {
@@ -951,24 +942,21 @@ pub(super) async fn download_one(
             .await
             .map_err(|e| io_error("opening", &part, std::io::Error::other(e.to_string())))??
     };
-    let resume = found.resume.as_ref();
+    let (resume, created) = match found {
+        Found::Resume(state) => (Some(state), None),
+        Found::Created(file) => (None, Some(file)),
+    };
+    let resume = resume.as_ref();
     let start = match resume {
         Some(state) => Start::Resume(state),
-        None => Start::Fresh {
-            created: found.created,
-            stale_sidecar: found.sidecar,
-        },
+        None => Start::Fresh(created),
     };
     let result = match save_attempt(&client, &file, &path, &part, &options, start).await {
         // A range past the end of what an earlier run kept (it had every line): start over.
         Err(Error::UnexpectedResponse { response, .. })
             if resume.is_some() && response.status == 416 =>
         {
-            let start = Start::Fresh {
-                created: None,
-                stale_sidecar: true,
-            };
-            save_attempt(&client, &file, &path, &part, &options, start).await
+            save_attempt(&client, &file, &path, &part, &options, Start::Fresh(None)).await
         }
         other => other,
     };
@@ -1010,12 +998,9 @@ async fn save_one(
 enum Start<'a> {
     /// Continues the kept `.part` this resume state describes.
     Resume(&'a ResumeState),
-    /// From the start: `created` if the `.part` was just created (empty), and whether a
-    /// stale sidecar must go.
-    Fresh {
-        created: Option<std::fs::File>,
-        stale_sidecar: bool,
-    },
+    /// From the start: the `.part` just created (empty, no sidecar beside it), or `None` to
+    /// remove the sidecar and empty the `.part` here.
+    Fresh(Option<std::fs::File>),
 }
 
 async fn save_attempt(
@@ -1031,7 +1016,7 @@ async fn save_attempt(
     let mut request = request_for(client, file)?;
     let resume = match &begin {
         Start::Resume(state) => Some(*state),
-        Start::Fresh { .. } => None,
+        Start::Fresh(_) => None,
     };
     let (mut sink, mut tally, start) = match begin {
         Start::Resume(state) => {
@@ -1061,11 +1046,8 @@ async fn save_attempt(
             };
             (sink, tally, start)
         }
-        Start::Fresh {
-            created,
-            stale_sidecar,
-        } => {
-            if stale_sidecar {
+        Start::Fresh(created) => {
+            if created.is_none() {
                 let _ = tokio::fs::remove_file(sidecar_path(part)).await;
             }
             (
