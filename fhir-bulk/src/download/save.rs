@@ -1290,6 +1290,53 @@ mod tests {
     use std::sync::Mutex;
     use url::Url;
 
+    /// A big save rewrites its sidecar about once per MiB of NDJSON, not after every 256 KiB
+    /// write, and a sidecar never names bytes the `.part` does not hold yet: none before the
+    /// first MiB is written, then a few for 3 MiB, each within the file's length.
+    #[tokio::test]
+    async fn sidecars_come_once_per_mib_and_name_only_bytes_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("f.ndjson.part");
+        let sidecar = sidecar_path(&part);
+        let mut sink = Sink::create(&part, None, false, "https://h/f".into())
+            .await
+            .unwrap();
+        let line = vec![b'x'; 1023]; // 1 KiB with its line end
+        let mut sidecars = Vec::new();
+        for i in 1..=3072u64 {
+            let place = Place {
+                lines: i,
+                data_bytes: i * 1024,
+                counted: i,
+                after: Checkpoint {
+                    offset: i * 1024,
+                    line: i + 1,
+                    lines_delivered: i,
+                },
+            };
+            sink.line(&line, place).await.unwrap();
+            let Ok(text) = std::fs::read(&sidecar) else {
+                assert!(
+                    i * 1024 < CHECKPOINT_BYTES + 2 * FLUSH_AT as u64,
+                    "no sidecar after {i} KiB"
+                );
+                continue;
+            };
+            let state: ResumeState = serde_json::from_slice(&text).unwrap();
+            assert!(state.part_bytes <= std::fs::metadata(&part).unwrap().len());
+            assert_eq!(state.part_bytes, state.data_bytes);
+            assert!(state.data_bytes >= CHECKPOINT_BYTES);
+            if sidecars.last() != Some(&state.part_bytes) {
+                sidecars.push(state.part_bytes);
+            }
+        }
+        // 3 MiB in 12 writes of 256 KiB: a sidecar at about each MiB.
+        assert!((1..=3).contains(&sidecars.len()), "{sidecars:?}");
+        let (bytes, had_sidecar, _) = sink.finish().await.unwrap();
+        assert_eq!(bytes, 3072 * 1024);
+        assert!(had_sidecar);
+    }
+
     /// `Durability::Unsynced` skips the data and directory syncs, `Synced` does them: a
     /// `.part` whose handle cannot be synced (a pipe: `fdatasync` fails with EINVAL) fails
     /// its sync and keeps its `.part` when synced, and is renamed when not.
