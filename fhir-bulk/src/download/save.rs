@@ -560,8 +560,9 @@ struct Sink {
     /// Where the save stands after the last buffered (or compressed) line.
     pending: Option<Place>,
     /// Where the save will stand once the running write is in the file, with the `.part`'s
-    /// size then: recorded in the sidecar when the next write starts (so a sidecar never
-    /// names bytes the file may not have yet).
+    /// size then: recorded in the sidecar once that write is done (when the next write starts,
+    /// or at once for a gzip member end), so a sidecar never names bytes the file may not
+    /// have yet.
     behind: Option<(Place, u64)>,
     /// For the sidecar: the file URL without its query, and the validator of the
     /// representation being read when it can be resumed with a range.

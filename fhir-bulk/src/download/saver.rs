@@ -301,11 +301,7 @@ impl Saver {
         &mut self,
         joined: std::result::Result<(tokio::task::Id, Result<Downloaded>), JoinError>,
     ) {
-        let id = match &joined {
-            Ok((id, _)) => *id,
-            Err(error) => error.id(),
-        };
-        let Some(job) = self.in_flight.remove(&id) else {
+        let Some(job) = job_of(&mut self.in_flight, &joined) else {
             return;
         };
         match joined {
@@ -320,11 +316,7 @@ impl Saver {
     }
 
     fn synced(&mut self, joined: std::result::Result<(tokio::task::Id, Synced), JoinError>) {
-        let id = match &joined {
-            Ok((id, _)) => *id,
-            Err(error) => error.id(),
-        };
-        let Some(job) = self.syncing_jobs.remove(&id) else {
+        let Some(job) = job_of(&mut self.syncing_jobs, &joined) else {
             return;
         };
         match joined {
@@ -379,6 +371,18 @@ impl Saver {
             }),
         }
     }
+}
+
+/// Takes the job of a finished task (a download or a sync) from the map of its task set.
+fn job_of<T>(
+    jobs: &mut HashMap<tokio::task::Id, Job>,
+    joined: &std::result::Result<(tokio::task::Id, T), JoinError>,
+) -> Option<Job> {
+    let id = match joined {
+        Ok((id, _)) => *id,
+        Err(error) => error.id(),
+    };
+    jobs.remove(&id)
 }
 
 /// The error for a file whose task panicked or was cancelled (a bug, or a runtime shutting
