@@ -261,6 +261,20 @@ pub(crate) struct OutputArgs {
     )]
     pub(crate) max_line_bytes: Option<u64>,
 
+    /// Which per-file events `log.ndjson` gets: `done`, one `download_complete` per file;
+    /// `all`, also a `download_request` as each file starts (the SMART bulk-data-client's
+    /// full log); `errors`, only failures (`download_error`), for exports of very many small
+    /// files, where per-file events would be most of the bytes written. Failures are always
+    /// logged.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "WHICH",
+        default_value_t = LogFilesArg::Done,
+        help_heading = "Output"
+    )]
+    pub(crate) log_files: LogFilesArg,
+
     /// No progress bars: plain timestamped lines, milestones only.
     #[arg(long, short = 'q', conflicts_with = "verbose", help_heading = "Output")]
     pub(crate) quiet: bool,
@@ -268,6 +282,18 @@ pub(crate) struct OutputArgs {
     /// More detail: every poll and every file (repeatable).
     #[arg(long, short = 'v', action = ArgAction::Count, help_heading = "Output")]
     pub(crate) verbose: u8,
+}
+
+/// `--log-files`.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum LogFilesArg {
+    /// `download_complete` for every file saved.
+    #[default]
+    Done,
+    /// `download_request` as each file starts, and `download_complete`.
+    All,
+    /// Only failures.
+    Errors,
 }
 
 /// `--attachments`.

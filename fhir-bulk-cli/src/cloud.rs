@@ -290,7 +290,7 @@ async fn download_shard(args: &DownloadArgs, dir: &Path, shard: Shard) -> Result
     let (client, export, _job) = source_export(args, &reporter).await?;
     write_manifest(dir, &export)?;
     let export_id = state::JobState::new(state::Phase::Downloading).export_id;
-    let log = crate::export::open_log(dir, &export_id)?;
+    let log = crate::export::open_log(dir, &export_id)?.with_files(args.output.log_files);
     log::manifest_events(&log, &export);
     let options = transfer::save_options(&args.output).with_skip_existing(true);
     let names = fhir_bulk::storage::shard_file_names(&export, options.gzip, shard);
@@ -332,14 +332,7 @@ async fn download_shard(args: &DownloadArgs, dir: &Path, shard: Shard) -> Result
         } else if saved.skipped {
             continue;
         } else {
-            log.event(
-                "download_complete",
-                serde_json::json!({
-                    "fileUrl": saved.url,
-                    "fileSize": saved.data_bytes,
-                    "resourceCount": saved.lines,
-                }),
-            );
+            log::download_complete(&log, &saved.url, saved.data_bytes, saved.lines);
         }
         if let Some(record) = records.get(relative) {
             cloud_state::save_local(dir, relative, record).map_err(|e| {

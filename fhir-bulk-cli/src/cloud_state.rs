@@ -6,7 +6,7 @@
 //! append. Here the data files are the resume state (a local shard file is written under a
 //! temporary name and renamed when complete; an object appears only when its upload
 //! completes), and each complete file gets one small record beside the data,
-//! `_fhir-bulk/files/{name}.json` (the file's [`FileRecord`]: kind, type, URL, resources,
+//! `_fhir-bulk/files/{name}.json` (the file's [`FileRecord`]: kind, type, URL id, resources,
 //! bytes), written as soon as the file is complete. Records of different files never collide,
 //! so shards write them at once; Spark and DuckDB skip `_`-prefixed folders. A rerun skips
 //! the complete files and writes the rest, and its summary counts every file of the shard,
@@ -14,7 +14,7 @@
 //! it could write the record is counted from the file itself when local, by its size when in
 //! object storage).
 
-use crate::state::{self, FileRecord};
+use crate::state::{self, FileRecord, UrlId};
 use fhir_bulk::download::SavedFile;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -42,7 +42,7 @@ pub(crate) fn record_of(saved: &SavedFile) -> FileRecord {
     FileRecord {
         kind: saved.kind,
         resource_type: saved.resource_type.clone(),
-        url: saved.url.clone(),
+        url: UrlId::of(&saved.url),
         resources: saved.lines,
         bytes: saved.bytes,
         data_bytes: saved.data_bytes,
@@ -75,7 +75,7 @@ pub(crate) fn merge(
             continue;
         }
         match earlier.get(relative) {
-            Some(record) if record.url == saved.url => {
+            Some(record) if record.url == UrlId::of(&saved.url) => {
                 records.insert(relative.clone(), record.clone());
             }
             _ => missing.push(relative.clone()),
@@ -202,7 +202,7 @@ mod tests {
         FileRecord {
             kind: FileKind::Output,
             resource_type: Some("Patient".into()),
-            url: url.into(),
+            url: UrlId::of(url),
             resources,
             bytes: resources * 10,
             data_bytes: resources * 10,

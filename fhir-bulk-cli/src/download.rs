@@ -122,7 +122,7 @@ pub(crate) async fn run(args: &DownloadArgs) -> Result<(), CliError> {
         }
     };
     let mut state = StateFile::new(dir, state);
-    let log = export::open_log(dir, &state.state.export_id)?;
+    let log = export::open_log(dir, &state.state.export_id)?.with_files(args.output.log_files);
     let source = args.source.trim();
     let (client, export, job): (BulkClient, CompletedExport, Option<ExportJob>) = if is_url(source)
     {
@@ -183,10 +183,7 @@ pub(crate) async fn run(args: &DownloadArgs) -> Result<(), CliError> {
     )
     .await?;
     let issues = transfer::conclude(&report, dir, &mut state, &reporter, &log, started, "")?;
-    let job_note = match &job {
-        Some(job) => Some(export::finish_job(job, args.keep_job, &mut state, &reporter).await?),
-        None => None,
-    };
+    let job_note = export::finish_job(job.as_ref(), args.keep_job, &mut state, &reporter).await?;
     transfer::summarize(dir, &state, &report, issues, started, job_note, &reporter)
 }
 

@@ -129,7 +129,7 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
             kick_off(&client, &request, dir, &reporter, profile_given).await?
         }
     };
-    let log = open_log(dir, &state.state.export_id)?;
+    let log = open_log(dir, &state.state.export_id)?.with_files(args.output.log_files);
     let mut downloads = Downloads::new(&client, dir, &args.output, &log, &reporter);
     let export = if request::wants_partial_manifests(&request) {
         wait_downloading(&job, &mut state, &mut downloads, &log, &reporter).await?
@@ -169,16 +169,8 @@ pub(crate) async fn run(args: &ExportArgs) -> Result<(), CliError> {
     if history.is_some() {
         record_in_history(root, dir, &base, &request, &state, &reporter)?;
     }
-    let job_note = finish_job(&job, args.keep_job, &mut state, &reporter).await?;
-    transfer::summarize(
-        dir,
-        &state,
-        &report,
-        issues,
-        started,
-        Some(job_note),
-        &reporter,
-    )
+    let job_note = finish_job(Some(&job), args.keep_job, &mut state, &reporter).await?;
+    transfer::summarize(dir, &state, &report, issues, started, job_note, &reporter)
 }
 
 /// `--since auto` with `--param _since=...`: two answers to one question.
@@ -542,22 +534,38 @@ async fn wait_reporting(
     }
 }
 
-/// DELETEs the job unless `--keep-job` (recording a deletion in the job state); returns the
-/// summary's note about it.
+/// The end of a complete run: DELETEs the job, if there is one, unless `--keep-job`
+/// (recording the deletion), then writes the whole job state, the only time this run
+/// writes every file's record ([`transfer::conclude`] recorded the completion in the
+/// journal before the DELETE). Returns the summary's note about the job.
 pub(crate) async fn finish_job(
+    job: Option<&ExportJob>,
+    keep: bool,
+    state: &mut StateFile,
+    reporter: &Reporter,
+) -> Result<Option<String>, CliError> {
+    let note = match job {
+        Some(job) => Some(delete_job(job, keep, state, reporter).await),
+        None => None,
+    };
+    state.save()?;
+    Ok(note)
+}
+
+/// DELETEs the job unless `keep`, marking the state's job deleted; the summary's note.
+async fn delete_job(
     job: &ExportJob,
     keep: bool,
     state: &mut StateFile,
     reporter: &Reporter,
-) -> Result<String, CliError> {
+) -> String {
     let url = job.status_url().to_string();
     if keep {
-        return Ok(format!("kept on the server (--keep-job): {url}"));
+        return format!("kept on the server (--keep-job): {url}");
     }
-    Ok(match job.delete().await {
+    match job.delete().await {
         Ok(report) => {
             state.state.job_deleted = true;
-            state.save()?;
             if let Some(outcome) = &report.operation_outcome {
                 reporter.info(&format!("the server says about the DELETE: {outcome}"));
             }
@@ -571,7 +579,7 @@ pub(crate) async fn finish_job(
             ));
             format!("still on the server (the DELETE failed): {url}")
         }
-    })
+    }
 }
 
 /// Refuses a directory without a job state that holds files named like an export's: they

@@ -8,6 +8,7 @@
 //! events `retry`, `download_error` (a download retried) and `download_warning`
 //! ([`crate::trace`]). URLs are logged without their query strings (pre-signed URLs carry credentials there) and tokens never appear.
 
+use crate::args::LogFilesArg;
 use fhir_bulk::{CompletedExport, Error, ExportFile, FileKind};
 use serde_json::{Value, json};
 use std::fs::{File, OpenOptions};
@@ -25,6 +26,8 @@ pub(crate) struct EventLog {
     file: Arc<Mutex<File>>,
     export_id: String,
     warned: Arc<AtomicBool>,
+    /// Which per-file events are written (`--log-files`).
+    files: LogFilesArg,
 }
 
 /// The log of the running command, for the entries of the library's tracing events.
@@ -52,11 +55,19 @@ impl EventLog {
             file: Arc::new(Mutex::new(file)),
             export_id: export_id.to_owned(),
             warned: Arc::new(AtomicBool::new(false)),
+            files: LogFilesArg::default(),
         };
         *CURRENT
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(log.clone());
         Ok(log)
+    }
+
+    /// This log, writing the per-file events `files` names (`--log-files`; the default is
+    /// [`LogFilesArg::Done`]).
+    pub(crate) fn with_files(mut self, files: LogFilesArg) -> EventLog {
+        self.files = files;
+        self
     }
 
     /// Appends one event. A failed write is reported once on stderr and does not stop the
@@ -128,14 +139,33 @@ pub(crate) fn error_detail(error: &Error) -> Value {
     })
 }
 
-/// `download_request`.
+/// `download_request`, with `--log-files all`.
 pub(crate) fn download_request(log: &EventLog, file: &ExportFile) {
+    if log.files != LogFilesArg::All {
+        return;
+    }
     log.event(
         "download_request",
         json!({
             "fileUrl": file.file.url.redacted(),
             "itemType": item_type(file.kind),
             "resourceType": file.file.resource_type,
+        }),
+    );
+}
+
+/// `download_complete` (unless `--log-files errors`): the file's URL without its query, its
+/// NDJSON size and its resources.
+pub(crate) fn download_complete(log: &EventLog, url: &str, data_bytes: u64, resources: u64) {
+    if log.files == LogFilesArg::Errors {
+        return;
+    }
+    log.event(
+        "download_complete",
+        json!({
+            "fileUrl": url,
+            "fileSize": data_bytes,
+            "resourceCount": resources,
         }),
     );
 }

@@ -3,13 +3,16 @@
 //!
 //! Two files: `fhir-bulk-job.json`, a compact header (the whole state, written atomically: a
 //! synced temporary file renamed over it), and `fhir-bulk-job.journal`, one short JSON array
-//! appended per completed file (`["Patient.1.ndjson","Output","Patient","<url>",lines,bytes]`,
-//! the NDJSON size last when it differs from the bytes on disk). Finishing a file costs one
-//! small append, whatever the number of files; the header is written only at the milestones
-//! (kick-off, manifest, the end of the downloads, the job's deletion, start-up), a constant
-//! number of times per run, each time folding the journal into it and removing the journal:
-//! after a complete run only the header is left. A file's record in the header is the same
-//! short array without its key.
+//! appended per completed file (`["Patient.1.ndjson","Output","Patient","<url id>",lines,
+//! bytes]`, the NDJSON size last when it differs from the bytes on disk; the URL as the 16
+//! digits of its [`UrlId`]). Finishing a file costs one small append, whatever the number of
+//! files; the end of the downloads is one more line
+//! (`{"phase":"complete","error_issues":N}`, synced before the job is deleted on the server).
+//! The header is written only at the milestones (kick-off, manifest, the end of the run with
+//! the job's deletion, start-up), a constant number of times per run, each time folding the
+//! journal into it and removing the journal: after a complete run only the header is left,
+//! and the whole state (every file's record) was written once in the run. A file's record in
+//! the header is the same short array without its key.
 //!
 //! Crash safety: a journal line is written with one `write` after the file it records was
 //! synced and renamed to its final name and its directory synced (the library's
@@ -39,8 +42,9 @@ pub(crate) const STATE_FILE: &str = "fhir-bulk-job.json";
 /// The journal's name.
 pub(crate) const JOURNAL_FILE: &str = "fhir-bulk-job.journal";
 
-/// The version of the state file's format written: 2, with a file's record as a short array.
-const FORMAT: u32 = 2;
+/// The version of the state file's format written: 3, with a file's record as a short array
+/// naming its URL by [`UrlId`] (2: by the URL itself).
+const FORMAT: u32 = 3;
 
 /// The oldest format read (1: a file's record as an object).
 const OLDEST_FORMAT: u32 = 1;
@@ -63,9 +67,52 @@ pub(crate) enum Phase {
     Complete,
 }
 
-/// A file saved completely. Written as a short array, `[kind, type, url, resources, bytes]`
-/// with `data_bytes` appended when it differs from `bytes` (gzip); read from that or from the
-/// object of format 1.
+/// Which URL a file was downloaded from: a 64-bit FNV-1a hash of the URL without its query
+/// string, written as 16 hex digits. A record only needs to tell whether the manifest still
+/// names the same URL for its path, and a URL (often 100-300 bytes) was most of a record's
+/// size, in the journal, the header and memory. Read from those 16 digits, or from a URL (the
+/// records of formats 1 and 2), which is hashed: a URL always has a `:`, the digits never.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UrlId(u64);
+
+impl UrlId {
+    /// The id of `url` (a URL without its query string).
+    pub(crate) fn of(url: &str) -> UrlId {
+        // FNV-1a: fixed by its definition, so the ids of a state stay valid in any build.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for &byte in url.as_bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        UrlId(hash)
+    }
+}
+
+impl std::fmt::Debug for UrlId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl Serialize for UrlId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{:016x}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for UrlId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<UrlId, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(match u64::from_str_radix(&text, 16) {
+            Ok(hash) if text.len() == 16 => UrlId(hash),
+            _ => UrlId::of(&text),
+        })
+    }
+}
+
+/// A file saved completely. Written as a short array, `[kind, type, url id, resources,
+/// bytes]` with `data_bytes` appended when it differs from `bytes` (gzip); read from that (with
+/// a URL in place of its id in format 2) or from the object of format 1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "CompactRecord", from = "AnyRecord")]
 pub(crate) struct FileRecord {
@@ -73,8 +120,8 @@ pub(crate) struct FileRecord {
     pub(crate) kind: FileKind,
     /// The manifest entry's `type`, if any.
     pub(crate) resource_type: Option<String>,
-    /// The file URL without its query string.
-    pub(crate) url: String,
+    /// The file URL (without its query string) it was downloaded from.
+    pub(crate) url: UrlId,
     /// Resources (lines) saved.
     pub(crate) resources: u64,
     /// Bytes on disk.
@@ -87,20 +134,20 @@ pub(crate) struct FileRecord {
 #[derive(Serialize)]
 #[serde(untagged)]
 enum CompactRecord {
-    Same(FileKind, Option<String>, String, u64, u64),
-    Compressed(FileKind, Option<String>, String, u64, u64, u64),
+    Same(FileKind, Option<String>, UrlId, u64, u64),
+    Compressed(FileKind, Option<String>, UrlId, u64, u64, u64),
 }
 
 /// A [`FileRecord`] as read: compact (format 2) or an object (format 1).
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum AnyRecord {
-    Compressed(FileKind, Option<String>, String, u64, u64, u64),
-    Same(FileKind, Option<String>, String, u64, u64),
+    Compressed(FileKind, Option<String>, UrlId, u64, u64, u64),
+    Same(FileKind, Option<String>, UrlId, u64, u64),
     Object {
         kind: FileKind,
         resource_type: Option<String>,
-        url: String,
+        url: UrlId,
         resources: u64,
         bytes: u64,
         data_bytes: u64,
@@ -149,7 +196,7 @@ impl From<AnyRecord> for FileRecord {
     }
 }
 
-/// One journal line as written: `[key, kind, type, url, resources, bytes(, data_bytes)]`.
+/// One journal line as written: `[key, kind, type, url id, resources, bytes(, data_bytes)]`.
 fn journal_line(key: &str, record: &FileRecord) -> serde_json::Result<Vec<u8>> {
     let mut line = match CompactRecord::from(record.clone()) {
         CompactRecord::Same(k, t, u, n, b) => serde_json::to_vec(&(key, k, t, u, n, b)),
@@ -159,28 +206,50 @@ fn journal_line(key: &str, record: &FileRecord) -> serde_json::Result<Vec<u8>> {
     Ok(line)
 }
 
-/// One journal line as read: the compact array, or the object of format 1.
+/// The journal line that records the end of the downloads: every file is complete and the
+/// error files hold `error_issues` error or fatal issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct CompleteMark {
+    /// Always [`Phase::Complete`].
+    phase: Phase,
+    /// Error and fatal issues found in the error files.
+    error_issues: u64,
+}
+
+/// One journal line as read: the compact array, the object of format 1, or the end of the
+/// downloads.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum JournalLine {
-    Compressed(String, FileKind, Option<String>, String, u64, u64, u64),
-    Same(String, FileKind, Option<String>, String, u64, u64),
+    Compressed(String, FileKind, Option<String>, UrlId, u64, u64, u64),
+    Same(String, FileKind, Option<String>, UrlId, u64, u64),
+    Complete(CompleteMark),
     Object(JournalRecord),
 }
 
-impl From<JournalLine> for JournalRecord {
-    fn from(line: JournalLine) -> JournalRecord {
+/// What a journal line records.
+#[derive(Debug)]
+enum JournalEntry {
+    /// A file complete.
+    File(JournalRecord),
+    /// The downloads complete.
+    Complete(CompleteMark),
+}
+
+impl From<JournalLine> for JournalEntry {
+    fn from(line: JournalLine) -> JournalEntry {
         let (key, record) = match line {
             JournalLine::Compressed(key, k, t, u, n, b, d) => {
                 (key, AnyRecord::Compressed(k, t, u, n, b, d))
             }
             JournalLine::Same(key, k, t, u, n, b) => (key, AnyRecord::Same(k, t, u, n, b)),
-            JournalLine::Object(record) => return record,
+            JournalLine::Complete(mark) => return JournalEntry::Complete(mark),
+            JournalLine::Object(record) => return JournalEntry::File(record),
         };
-        JournalRecord {
+        JournalEntry::File(JournalRecord {
             key,
             record: record.into(),
-        }
+        })
     }
 }
 
@@ -366,11 +435,19 @@ impl StateFile {
             }
         };
         state.format = FORMAT;
-        for record in replay(&journal) {
-            if !is_safe_key(&record.key) {
-                return Err(unsafe_key(&journal_path, &record.key));
+        for entry in replay(&journal) {
+            match entry {
+                JournalEntry::File(record) => {
+                    if !is_safe_key(&record.key) {
+                        return Err(unsafe_key(&journal_path, &record.key));
+                    }
+                    state.files.insert(record.key, record.record);
+                }
+                JournalEntry::Complete(mark) => {
+                    state.phase = mark.phase;
+                    state.error_issues = mark.error_issues;
+                }
             }
-            state.files.insert(record.key, record.record);
         }
         Ok(Some(state))
     }
@@ -431,6 +508,36 @@ impl StateFile {
         let line = journal_line(key, &record)
             .map_err(|e| CliError::Failed(format!("cannot encode the job state: {e}")))?;
         self.state.files.insert(key.to_owned(), record);
+        self.append(&line)?;
+        self.unsynced += 1;
+        if self.unsynced >= SYNC_EVERY || self.last_sync.elapsed() >= SYNC_INTERVAL {
+            self.sync_in_background();
+        }
+        Ok(())
+    }
+
+    /// Records the end of the downloads (every file complete, `error_issues` error or fatal
+    /// issues in the error files): one journal line, synced before this returns, so the
+    /// milestone is durable before the job is deleted on the server. The whole state is
+    /// written once after that, by [`StateFile::save`], with the job's deletion if any.
+    pub(crate) fn record_complete(&mut self, error_issues: u64) -> Result<(), CliError> {
+        let mark = CompleteMark {
+            phase: Phase::Complete,
+            error_issues,
+        };
+        let mut line = serde_json::to_vec(&mark)
+            .map_err(|e| CliError::Failed(format!("cannot encode the job state: {e}")))?;
+        line.push(b'\n');
+        self.state.phase = mark.phase;
+        self.state.error_issues = error_issues;
+        self.append(&line)?;
+        self.unsynced += 1;
+        self.sync_now();
+        Ok(())
+    }
+
+    /// Appends one whole line to the journal with one `write`.
+    fn append(&mut self, line: &[u8]) -> Result<(), CliError> {
         let journal = Self::journal_in(&self.dir);
         let failed = |e: std::io::Error| {
             CliError::Failed(format!(
@@ -447,11 +554,7 @@ impl StateFile {
             self.journal = Some(file);
         }
         if let Some(file) = &mut self.journal {
-            file.write_all(&line).map_err(failed)?;
-        }
-        self.unsynced += 1;
-        if self.unsynced >= SYNC_EVERY || self.last_sync.elapsed() >= SYNC_INTERVAL {
-            self.sync_in_background();
+            file.write_all(line).map_err(failed)?;
         }
         Ok(())
     }
@@ -516,9 +619,9 @@ pub(crate) fn sync_dir(dir: &Path) {
     let _ = dir;
 }
 
-/// The records of a journal, in order, up to the first line that is not a whole record (a
+/// The entries of a journal, in order, up to the first line that is not a whole entry (a
 /// torn write: the process died in the middle of it).
-fn replay(journal: &[u8]) -> Vec<JournalRecord> {
+fn replay(journal: &[u8]) -> Vec<JournalEntry> {
     let mut records = Vec::new();
     let mut rest = journal;
     while let Some(end) = rest.iter().position(|&b| b == b'\n') {
@@ -631,7 +734,7 @@ mod tests {
         FileRecord {
             kind: FileKind::Output,
             resource_type: Some("Patient".into()),
-            url: url.into(),
+            url: UrlId::of(url),
             resources: 2,
             bytes: 100,
             data_bytes: 100,
@@ -653,7 +756,7 @@ mod tests {
             FileRecord {
                 kind: FileKind::Error,
                 resource_type: None,
-                url: "http://127.0.0.1:1/fhir/files/1/errors.ndjson".into(),
+                url: UrlId::of("http://127.0.0.1:1/fhir/files/1/errors.ndjson"),
                 resources: 2,
                 bytes: 100,
                 data_bytes: 100,
@@ -724,6 +827,51 @@ mod tests {
     }
 
     #[test]
+    fn the_end_of_the_downloads_is_a_journal_line_and_the_header_is_written_once_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = StateFile::new(dir.path(), JobState::new(Phase::Downloading));
+        file.save().unwrap();
+        let header = std::fs::read(file.path()).unwrap();
+        for i in 0..3 {
+            file.record(
+                &format!("Patient.{i}.ndjson"),
+                record(&format!("http://h/{i}")),
+            )
+            .unwrap();
+        }
+        file.record_complete(7).unwrap();
+        assert_eq!(
+            std::fs::read(file.path()).unwrap(),
+            header,
+            "no header write"
+        );
+        let journal = std::fs::read_to_string(StateFile::journal_in(dir.path())).unwrap();
+        assert_eq!(
+            journal.lines().last(),
+            Some(r#"{"phase":"complete","error_issues":7}"#)
+        );
+        // A run killed here (before the DELETE or the header write) reads as complete.
+        let back = StateFile::load(dir.path()).unwrap().unwrap();
+        assert_eq!((back.phase, back.error_issues), (Phase::Complete, 7));
+        assert_eq!(back.files.len(), 3);
+        // A torn mark is ignored: the downloads are not known to be complete.
+        let torn = &journal[..journal.len() - 10];
+        std::fs::write(StateFile::journal_in(dir.path()), torn).unwrap();
+        let back = StateFile::load(dir.path()).unwrap().unwrap();
+        assert_eq!((back.phase, back.files.len()), (Phase::Downloading, 3));
+        std::fs::write(StateFile::journal_in(dir.path()), &journal).unwrap();
+        // The one header write folds it all in.
+        file.state.job_deleted = true;
+        file.save().unwrap();
+        assert!(!StateFile::journal_in(dir.path()).exists());
+        let back = StateFile::load(dir.path()).unwrap().unwrap();
+        assert_eq!(back.phase, Phase::Complete);
+        assert_eq!(back.error_issues, 7);
+        assert!(back.job_deleted);
+        assert_eq!(back.files, file.state.files);
+    }
+
+    #[test]
     fn format_1_headers_and_journals_are_read() {
         let dir = tempfile::tempdir().unwrap();
         let header = serde_json::json!({
@@ -749,6 +897,37 @@ mod tests {
         std::fs::write(StateFile::path_in(dir.path()), newer.to_string()).unwrap();
         let err = StateFile::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("--fresh"), "{err}");
+    }
+
+    #[test]
+    fn format_2_records_name_urls_and_read_as_their_ids() {
+        // FNV-1a's published test vectors: the id is fixed by its definition.
+        assert_eq!(UrlId::of("").0, 0xcbf2_9ce4_8422_2325);
+        assert_eq!(UrlId::of("a").0, 0xaf63_dc4c_8601_ec8c);
+        assert_ne!(UrlId::of("http://h/1"), UrlId::of("http://h/2"));
+        let dir = tempfile::tempdir().unwrap();
+        let header = serde_json::json!({
+            "format": 2, "export_id": "00112233445566778899", "phase": "downloading",
+            "files": {"Patient.1.ndjson": ["Output", "Patient", "http://h/1", 2, 100]},
+        });
+        std::fs::write(StateFile::path_in(dir.path()), header.to_string()).unwrap();
+        std::fs::write(
+            StateFile::journal_in(dir.path()),
+            "[\"Patient.2.ndjson\",\"Output\",\"Patient\",\"http://h/2\",2,100]\n",
+        )
+        .unwrap();
+        let state = StateFile::load(dir.path()).unwrap().unwrap();
+        assert_eq!(state.files["Patient.1.ndjson"], record("http://h/1"));
+        assert_eq!(state.files["Patient.2.ndjson"], record("http://h/2"));
+        // Written back as format 3: the ids, 16 hex digits, read back the same.
+        let mut file = StateFile::new(dir.path(), state.clone());
+        file.save().unwrap();
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        assert!(!text.contains("http://h/"), "{text}");
+        let id = format!("{:016x}", UrlId::of("http://h/1").0);
+        assert!(text.contains(&format!("[\"Output\",\"Patient\",\"{id}\",2,100]")));
+        let back = StateFile::load(dir.path()).unwrap().unwrap();
+        assert_eq!((back.format, back.files), (3, state.files));
     }
 
     #[test]

@@ -184,7 +184,7 @@ mod tests {
         FileRecord {
             kind,
             resource_type: t.map(str::to_owned),
-            url: "http://127.0.0.1/f".into(),
+            url: crate::state::UrlId::of("http://127.0.0.1/f"),
             resources,
             bytes,
             data_bytes: bytes,

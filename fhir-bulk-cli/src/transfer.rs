@@ -14,7 +14,7 @@ use crate::error::CliError;
 use crate::log::{self, EventLog};
 use crate::outcomes::{self, IssueCounts};
 use crate::progress::{FileProgress, Reporter};
-use crate::state::{self, FileRecord, StateFile};
+use crate::state::{self, FileRecord, StateFile, UrlId};
 use fhir_bulk::download::{Durability, SaveEvent, SaveOptions, SaveResult, Saver, file_names};
 use fhir_bulk::{BulkClient, CompletedExport, DownloadOptions, Error, FileKind};
 use serde_json::json;
@@ -61,7 +61,7 @@ fn already_complete(dir: &Path, relative: &Path, url: &str, state: &StateFile) -
     let Some(record) = state.state.files.get(&state::key(relative)) else {
         return false;
     };
-    record.url == url
+    record.url == UrlId::of(url)
         && std::fs::metadata(dir.join(relative))
             .is_ok_and(|m| m.is_file() && m.len() == record.bytes)
 }
@@ -242,14 +242,7 @@ impl<'a> Downloads<'a> {
         let url = file.file.url.redacted();
         match result {
             Ok(saved) => {
-                self.log.event(
-                    "download_complete",
-                    json!({
-                        "fileUrl": url,
-                        "fileSize": saved.data_bytes,
-                        "resourceCount": saved.lines,
-                    }),
-                );
+                log::download_complete(self.log, &url, saved.data_bytes, saved.lines);
                 self.reporter
                     .file_done(progress.as_ref(), &name, saved.lines, saved.bytes);
                 self.report.downloaded += 1;
@@ -259,7 +252,7 @@ impl<'a> Downloads<'a> {
                     FileRecord {
                         kind: file.kind,
                         resource_type: file.file.resource_type.clone(),
-                        url,
+                        url: UrlId::of(&url),
                         resources: saved.lines,
                         bytes: saved.bytes,
                         data_bytes: saved.data_bytes,
@@ -355,8 +348,9 @@ pub(crate) async fn download(
 
 /// After the downloads: an error if any file failed (`failure_suffix` appended to the
 /// message); otherwise the error files' issues counted, `export_complete` logged, and the
-/// export recorded as complete and saved (before any DELETE, so an interruption during the
-/// DELETE leaves a directory known to be complete).
+/// export recorded as complete in the journal, durably (before any DELETE, so an
+/// interruption during the DELETE leaves a directory known to be complete). The whole state
+/// is written after that, once: [`crate::export::finish_job`].
 pub(crate) fn conclude(
     report: &TransferReport,
     dir: &Path,
@@ -374,7 +368,6 @@ pub(crate) fn conclude(
         )));
     }
     let issues = count_issues(dir, state, reporter);
-    state.state.error_issues = issues.errors();
     log.event(
         "export_complete",
         json!({
@@ -385,15 +378,13 @@ pub(crate) fn conclude(
             "duration": started.elapsed().as_millis() as u64,
         }),
     );
-    state.state.phase = state::Phase::Complete;
-    state.save()?;
+    state.record_complete(issues.errors())?;
     Ok(issues)
 }
 
-/// The end of a run whose files are complete (its state saved by [`conclude`], and again by
-/// [`crate::export::finish_job`] when the job was deleted: the whole state is not written a
-/// third time): clears the bars, prints the summary, and turns error or fatal issues in the
-/// error files into exit code 1.
+/// The end of a run whose files are complete (its state saved by
+/// [`crate::export::finish_job`]; the whole state is not written again): clears the bars,
+/// prints the summary, and turns error or fatal issues in the error files into exit code 1.
 pub(crate) fn summarize(
     dir: &Path,
     state: &StateFile,

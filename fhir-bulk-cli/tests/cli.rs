@@ -42,6 +42,8 @@ async fn export_saves_files_manifest_log_and_state_then_deletes_the_job() {
         TOKEN,
         "--output-dir",
         s(&out),
+        "--log-files",
+        "all",
         FAST,
     ])
     .await;
@@ -82,7 +84,8 @@ async fn export_saves_files_manifest_log_and_state_then_deletes_the_job() {
         "timestamped: {first}"
     );
 
-    // The log: the SMART bulk-data-client's events, in order, with one export id.
+    // The log: the SMART bulk-data-client's events (all of them with `--log-files all`), in
+    // order, with one export id.
     let ids = event_ids(&out);
     assert_eq!(ids[0], "kickoff");
     // The kickoff event names the server's software, from its CapabilityStatement.
@@ -548,6 +551,8 @@ async fn sigterm_stops_promptly_and_the_same_command_resumes() {
         TOKEN,
         "--output-dir",
         s(&out),
+        "--log-files",
+        "all",
         FAST,
     ];
     let child = command(&args).spawn().unwrap();

@@ -157,6 +157,8 @@ async fn an_interrupted_run_is_resumed_in_its_subdirectory_not_taken_as_complete
         "auto",
         "--output-dir",
         s(&root),
+        "--log-files",
+        "all",
         FAST,
     ];
     // Stopped (SIGTERM) while the Patient file stalls.
