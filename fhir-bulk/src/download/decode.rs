@@ -1,8 +1,15 @@
 //! Push-style decoding of a file body: identity or gzip, fed chunk by chunk, so the decoder's
 //! state survives a resumed (`Range`) transfer of the same compressed bytes.
 
+use bytes::buf::Writer;
+use bytes::{BufMut, BytesMut};
 use flate2::write::MultiGzDecoder;
 use std::io::Write;
+
+/// The gzip decoder's output buffer: decoded chunks are split off it, and once the lines of
+/// earlier chunks are written (their bytes dropped) the same allocation is reused, instead of
+/// a new one, growing from nothing, for every slice of input.
+const GZIP_OUTPUT_CAPACITY: usize = 64 * 1024;
 
 /// Decodes the body of one representation of a file.
 #[derive(Debug)]
@@ -10,7 +17,7 @@ pub(crate) enum BodyDecoder {
     /// No content coding.
     Identity,
     /// `Content-Encoding: gzip` (several members allowed).
-    Gzip(Box<MultiGzDecoder<Vec<u8>>>),
+    Gzip(Box<MultiGzDecoder<Writer<BytesMut>>>),
 }
 
 /// The body is not valid for its content coding.
@@ -22,9 +29,9 @@ impl BodyDecoder {
     pub(crate) fn for_encoding(encoding: Option<&str>) -> Result<BodyDecoder, DecodeError> {
         match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
             None | Some("") | Some("identity") => Ok(BodyDecoder::Identity),
-            Some("gzip") | Some("x-gzip") => {
-                Ok(BodyDecoder::Gzip(Box::new(MultiGzDecoder::new(Vec::new()))))
-            }
+            Some("gzip") | Some("x-gzip") => Ok(BodyDecoder::Gzip(Box::new(MultiGzDecoder::new(
+                BytesMut::with_capacity(GZIP_OUTPUT_CAPACITY).writer(),
+            )))),
             Some(other) => Err(DecodeError(format!(
                 "unsupported Content-Encoding `{other}` (the client asked for gzip or identity)"
             ))),
@@ -50,7 +57,7 @@ impl BodyDecoder {
                 decoder
                     .write_all(&chunk)
                     .map_err(|e| DecodeError(format!("corrupt gzip data: {e}")))?;
-                Ok(bytes::Bytes::from(std::mem::take(decoder.get_mut())))
+                Ok(decoder.get_mut().get_mut().split().freeze())
             }
         }
     }
@@ -63,7 +70,7 @@ impl BodyDecoder {
                 decoder
                     .try_finish()
                     .map_err(|e| DecodeError(format!("truncated gzip data: {e}")))?;
-                Ok(bytes::Bytes::from(std::mem::take(decoder.get_mut())))
+                Ok(decoder.get_mut().get_mut().split().freeze())
             }
         }
     }
