@@ -6,6 +6,8 @@
 #   2. the same files, gzip on the wire          curl ... --compressed (nginx gzip_static)
 #   3. 2,000 files of 40 KB                      curl --parallel --parallel-max 4
 #   4. 500 and 4,000 tiny files (CPU growth)     fhir-bulk only: CPU(4,000) / CPU(500)
+#   5. bytes written (cases 3 and 4)             fhir-bulk only, under strace: its own files
+#                                                against the bound data + 1% + 1 MB
 #
 # Prints wall time, CPU time (user + system) and peak RSS of each client, and the ratios
 # fhir-bulk / curl. Both clients write every file to disk; fhir-bulk also syncs each file's
@@ -14,8 +16,8 @@
 # directory), timed on its own: "curl + sync" is curl with fhir-bulk's durability. Each row
 # compares clients that promise the same: fhir-bulk against curl + sync, and
 # `fhir-bulk --no-sync` (nothing synced) against curl alone. Needs python3 (data generation
-# and timing via wait4), GNU time (peak RSS) and nginx (both installed with apt-get when
-# missing, as root).
+# and timing via wait4), GNU time (peak RSS), nginx and strace (the three installed with
+# apt-get when missing, as root).
 #
 # Every run writes into a directory of its own, removed only at the end: on ext4, creating
 # files right after deleting thousands costs the next run extra system time (the kernel's
@@ -45,6 +47,10 @@ nginx=$(command -v nginx || echo /usr/sbin/nginx)
 if [ ! -x /usr/bin/time ]; then
     echo "GNU time is missing: installing the Debian package" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
+fi
+if ! command -v strace >/dev/null 2>&1; then
+    echo "strace is missing: installing the Debian package (for the bytes-written rows)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null
 fi
 command -v curl >/dev/null || { echo "curl is missing" >&2; exit 1; }
 
@@ -230,8 +236,8 @@ row() {  # LABEL NAME [curl flags]
     python3 -c "
 fw, fc, fm, nw, nc, nm, cw, cc, cm, sw, sc = map(float, '$fw $fc $fm $nw $nc $nm $cw $cc $cm $sw $sc'.split())
 tw, tc = cw + sw, cc + sc
-print(f'| $label | {fw:.2f} s / {fc:.2f} s / {fm/1024:.0f} MiB | {tw:.2f} s / {tc:.2f} s | {fw/tw:.2f}, {fc/max(tc, 1e-3):.2f} '
-      f'| {nw:.2f} s / {nc:.2f} s / {nm/1024:.0f} MiB | {cw:.2f} s / {cc:.2f} s / {cm/1024:.0f} MiB | {nw/cw:.2f}, {nc/max(cc, 1e-3):.2f} |')"
+print(f'| $label | {fw:.2f} s / {fc:.2f} s / {fm/1024:.1f} MiB | {tw:.2f} s / {tc:.2f} s | {fw/tw:.2f}, {fc/max(tc, 1e-3):.2f} '
+      f'| {nw:.2f} s / {nc:.2f} s / {nm/1024:.1f} MiB | {cw:.2f} s / {cc:.2f} s / {cm/1024:.1f} MiB | {nw/cw:.2f}, {nc/max(cc, 1e-3):.2f} |')"
 }
 row "${size_mb} MB in 7 files, identity" identity
 row "${size_mb} MB in 7 files, gzip on the wire" gzip --compressed
@@ -243,3 +249,56 @@ python3 -c "
 print()
 print('fhir-bulk, tiny files: 500 files CPU $c500 s (wall $w500 s, $(( m500 / 1024 )) MiB); 4,000 files CPU $c4000 s (wall $w4000 s, $(( m4000 / 1024 )) MiB)')
 print(f'CPU(4,000) / CPU(500) = {$c4000 / max($c500, 1e-3):.1f} (linear: 8; target <= 10)')"
+
+# Bytes written: every write system call of fhir-bulk (strace -ff -y names each descriptor's
+# file), summed by file, against the bound data + 1% + 1 MB, where data is the NDJSON and the
+# saved manifest.json (the server's own bytes, as received). The HTTP requests written to the
+# sockets are shown apart. Untimed: strace slows the process down.
+bytes_row() {  # LABEL NAME [fhir-bulk flags]
+    local label=$1 name=$2; shift 2
+    local out; out=$(next_dir)
+    rm -rf "$work/strace"; mkdir -p "$work/strace"
+    strace -ff -y -qq -e trace=write,pwrite64,writev -o "$work/strace/t" \
+        "$bin" download "$work/manifests/$name/manifest.json" --output-dir "$out" --quiet --no-sync "$@" \
+        >/dev/null 2>&1
+    python3 - "$work/strace" "$label" <<'PY'
+import collections, glob, re, sys
+folder, label = sys.argv[1], sys.argv[2]
+call = re.compile(r'^(?:write|pwrite64|writev)\(\d+<([^>]*)>.*\)\s*=\s*(\d+)')
+by = collections.Counter()
+for path in glob.glob(folder + "/t.*"):
+    for line in open(path, errors="replace"):
+        m = call.match(line)
+        if not m:
+            continue
+        target, n = m.group(1), int(m.group(2))
+        if target.startswith("socket:"):
+            by["sockets"] += n
+        elif target.startswith(("pipe:", "anon_inode:", "/dev/")):
+            continue
+        elif target.endswith(".part"):
+            by["ndjson"] += n
+        elif target.endswith("manifest.json.tmp") or re.search(r"manifest\.\d+\.json\.tmp$", target):
+            by["manifest"] += n
+        elif target.endswith("log.ndjson"):
+            by["log"] += n
+        elif target.endswith("fhir-bulk-job.journal"):
+            by["journal"] += n
+        elif target.endswith("fhir-bulk-job.json.tmp"):
+            by["state"] += n
+        else:
+            by["other"] += n
+data = by["ndjson"] + by["manifest"]
+own = by["log"] + by["journal"] + by["state"] + by["other"]
+bound = data // 100 + 1_000_000
+mb = lambda n: f"{n / 1e6:.2f} MB"
+print(f"| {label} | {mb(data)} | {mb(own)} (log {mb(by['log'])}, journal {mb(by['journal'])}, "
+      f"state {mb(by['state'])}) | {mb(bound)} | {'yes' if own <= bound else 'NO'} | {mb(by['sockets'])} |")
+PY
+}
+printf '\n| bytes written by fhir-bulk | data (NDJSON + manifest) | its own files | bound: 1%% + 1 MB | within | HTTP requests |\n'
+printf '| --- | ---: | ---: | ---: | --- | ---: |\n'
+bytes_row "2,000 files of 40 KB" small
+bytes_row "2,000 files of 40 KB, --log-files errors" small --log-files errors
+bytes_row "4,000 one-line files" tiny4000
+bytes_row "4,000 one-line files, --log-files errors" tiny4000 --log-files errors
