@@ -174,8 +174,10 @@ fn auth_error(message: impl Into<String>) -> Error {
     }
 }
 
-/// Where application default credentials come from, in Google's order.
+/// Where application default credentials come from, in Google's order. Non-exhaustive:
+/// Google adds sources (workload identity federation, for one).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AdcSource {
     /// The file named by `GOOGLE_APPLICATION_CREDENTIALS`.
     EnvFile(PathBuf),

@@ -70,8 +70,11 @@ pub fn endpoint_from_env(value: Option<&str>) -> String {
     }
 }
 
-/// A `gs://bucket/object` URL split into its bucket and object name.
+/// A `gs://bucket/object` URL split into its bucket and object name, made by
+/// [`parse_gs_url`]. Non-exhaustive, so that a later field (a generation) is not a breaking
+/// change.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GsObject {
     /// The bucket name.
     pub bucket: String,
