@@ -108,6 +108,23 @@ pub(crate) fn line_stream_from(
     options: DownloadOptions,
     start: LineStart,
 ) -> impl Stream<Item = Result<LineEvent>> + Send + 'static {
+    let reader = line_reader_from(inner, request, file, options, start);
+    futures::stream::unfold(reader, |mut reader| async move {
+        let event = reader.next().await?;
+        Some((event, reader))
+    })
+}
+
+/// [`line_stream_from`] as the reader itself, for a consumer that takes every event in one
+/// loop (a save): [`LineReader::next`] borrows it, where a stream moves the reader in and out
+/// of a new future for every line.
+pub(crate) fn line_reader_from(
+    inner: Arc<Inner>,
+    request: FileRequest,
+    file: Arc<FileInfo>,
+    options: DownloadOptions,
+    start: LineStart,
+) -> LineReader {
     let limit = options.max_line_bytes;
     let initial = start.checkpoint.unwrap_or(Checkpoint::START);
     let framer = if start.ranged {
@@ -115,7 +132,7 @@ pub(crate) fn line_stream_from(
     } else {
         fresh_framer(initial, limit)
     };
-    let reader = LineReader {
+    LineReader {
         body: body_stream(inner, request).boxed(),
         state: State::Body,
         framer,
@@ -130,11 +147,7 @@ pub(crate) fn line_stream_from(
         subject: None,
         counted: start.counted,
         framed: false,
-    };
-    futures::stream::unfold(reader, |mut reader| async move {
-        let event = reader.next().await?;
-        Some((event, reader))
-    })
+    }
 }
 
 /// A framer that starts at `at` (skipping up to it when that is not the file's start).
@@ -162,7 +175,7 @@ enum State {
 }
 
 /// The line reader of one file: the byte source, the framer, and what it has counted.
-struct LineReader {
+pub(crate) struct LineReader {
     body: BoxStream<'static, Result<BodyEvent>>,
     state: State,
     framer: LineFramer,
@@ -181,7 +194,7 @@ struct LineReader {
 
 impl LineReader {
     /// The next event, or `None` after the end.
-    async fn next(&mut self) -> Option<Result<LineEvent>> {
+    pub(crate) async fn next(&mut self) -> Option<Result<LineEvent>> {
         loop {
             match self.state {
                 State::Done => return None,

@@ -27,7 +27,7 @@
 //! again without the server's status URL.
 
 use super::body::ResumeFrom;
-use super::lines::{LineEvent, LineStart, line_stream_from};
+use super::lines::{LineEvent, LineStart, line_reader_from};
 use super::write_behind::WriteBehind;
 use super::{
     DownloadOptions, InvalidLines, check_count, check_raw_line, info_for, line_error, request_for,
@@ -38,7 +38,6 @@ use crate::manifest::{CompletedExport, ExportFile, FileKind};
 use crate::ndjson::Checkpoint;
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use futures::StreamExt;
 use reqwest::header::HeaderValue;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -1064,14 +1063,13 @@ async fn save_attempt(
         .as_deref()
         .filter(|_| download.check_resource_type && file.organized_by.is_none())
         .map(str::to_owned);
-    let lines = line_stream_from(
+    let mut lines = line_reader_from(
         client.inner.clone(),
         request,
         info.clone(),
         download.clone(),
         start,
     );
-    futures::pin_mut!(lines);
     let mut reported = 0u64;
     let mut counted = start.counted;
     // Read to the end; on a failure, wait for the write running behind before handing the
