@@ -866,23 +866,30 @@ impl<'de> Visitor<'de> for ProbeVisitor<'_, 'de> {
 /// # Ok::<(), ParseError>(())
 /// ```
 pub fn check_line(line: &[u8]) -> Result<Option<Cow<'_, str>>, ParseError> {
-    let text = utf8(line)?;
-    match line_check::scan(line) {
+    let (scan, ascii) = line_check::scan_with_ascii(line);
+    // A line the scan accepts with no byte of 0x80 or more is ASCII, so UTF-8: only the
+    // others get a UTF-8 pass (an invalid line gets one below, for serde_json's explanation).
+    if !(ascii && matches!(scan, line_check::Scan::Valid(_))) {
+        utf8(line)?;
+    }
+    match scan {
         line_check::Scan::Valid(None) => Ok(None),
-        line_check::Scan::Valid(Some(span)) if !span.escaped => {
-            Ok(Some(Cow::Borrowed(&text[span.start..span.end])))
-        }
         line_check::Scan::Valid(Some(span)) => {
+            // The value with its quotes: a slice of valid UTF-8 at ASCII bytes.
+            let quoted = utf8(&line[span.start - 1..=span.end])?;
+            if !span.escaped {
+                return Ok(Some(Cow::Borrowed(&quoted[1..quoted.len() - 1])));
+            }
             // Decoded (and its escapes validated) as the serde check does; on an error the
             // serde check explains the line.
-            match serde_json::from_str::<String>(&text[span.start - 1..=span.end]) {
+            match serde_json::from_str::<String>(quoted) {
                 Ok(decoded) => Ok(Some(Cow::Owned(decoded))),
-                Err(_) => check_line_serde(text),
+                Err(_) => check_line_serde(utf8(line)?),
             }
         }
-        line_check::Scan::TooDeep => Err(too_deep(text)),
+        line_check::Scan::TooDeep => Err(too_deep(utf8(line)?)),
         // serde_json's check has the last word on a refused line and explains it.
-        line_check::Scan::Invalid => check_line_serde(text),
+        line_check::Scan::Invalid => check_line_serde(utf8(line)?),
     }
 }
 

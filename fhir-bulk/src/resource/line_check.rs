@@ -5,8 +5,10 @@
 //! It accepts exactly what the serde_json check accepts (the property test below compares
 //! the two on generated and mutated lines), with one addition: containers nest at most
 //! [`MAX_DEPTH`] deep, serde_json's own limit for typed parsing (its skipping of ignored
-//! values has none). The input must already be valid UTF-8: outside strings only ASCII is
-//! valid JSON, and inside strings every byte of 0x20 and up is content.
+//! values has none). It takes any bytes, but says whether they are valid UTF-8 only when it
+//! reports a valid line without bytes of 0x80 or more (ASCII): outside strings only ASCII is
+//! valid JSON, and inside strings every byte of 0x20 and up is content, so the caller
+//! validates UTF-8 when the line is not ASCII ([`scan_with_ascii`]).
 //!
 //! It says only whether the line is good; the slow path explains a bad one (the serde_json
 //! message, with its column).
@@ -47,13 +49,27 @@ enum Fail {
 type Step<T = ()> = Result<T, Fail>;
 
 /// Scans one line (valid UTF-8, without its line end).
+#[cfg(test)]
 pub(crate) fn scan(line: &[u8]) -> Scan {
-    let mut scanner = Scanner { b: line, i: 0 };
-    match scanner.line() {
+    scan_with_ascii(line).0
+}
+
+/// [`scan`], of any bytes, and whether the line is ASCII when it is valid: on a valid line
+/// the scan has looked at every byte (outside strings only ASCII is valid JSON; inside them
+/// every byte of 0x80 and up is noted), so a valid line without one needs no UTF-8 pass. On
+/// an invalid line the flag means nothing.
+pub(crate) fn scan_with_ascii(line: &[u8]) -> (Scan, bool) {
+    let mut scanner = Scanner {
+        b: line,
+        i: 0,
+        high: 0,
+    };
+    let scan = match scanner.line() {
         Ok(found) => Scan::Valid(found),
         Err(Fail::Invalid) => Scan::Invalid,
         Err(Fail::TooDeep) => Scan::TooDeep,
-    }
+    };
+    (scan, scanner.high == 0)
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -75,6 +91,8 @@ fn string_stops(word: u64) -> u64 {
 struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
+    /// Non-zero once a string held a byte of 0x80 or more (or a word around one).
+    high: u64,
 }
 
 /// Plain string bytes read a word at a time before the rest of a string is left to memchr.
@@ -87,6 +105,11 @@ fn control_free(bytes: &[u8]) -> bool {
         .by_ref()
         .all(|chunk| chunk.iter().fold(u8::MAX, |low, &b| low.min(b)) >= 0x20);
     clean && chunks.remainder().iter().all(|&b| b >= 0x20)
+}
+
+/// Whether a byte of `bytes` is 0x80 or more: one pass (vectorised).
+fn beyond_ascii(bytes: &[u8]) -> bool {
+    bytes.iter().fold(0u8, |all, &b| all | b) >= 0x80
 }
 
 impl Scanner<'_> {
@@ -184,6 +207,7 @@ impl Scanner<'_> {
         let start = self.i;
         let mut i = start;
         let mut escaped = false;
+        let mut high = 0u64;
         loop {
             // Plain bytes, eight at a time, up to the first that needs a look. A long run
             // in a line without control bytes is left to memchr's SIMD search for the next
@@ -192,7 +216,9 @@ impl Scanner<'_> {
             while let Some(chunk) = b.get(i..i + 8) {
                 let mut word = [0u8; 8];
                 word.copy_from_slice(chunk);
-                let stops = string_stops(u64::from_le_bytes(word));
+                let word = u64::from_le_bytes(word);
+                high |= word & HIGHS;
+                let stops = string_stops(word);
                 if stops != 0 {
                     i += (stops.trailing_zeros() / 8) as usize;
                     break;
@@ -202,9 +228,11 @@ impl Scanner<'_> {
                     // Everything before the next quote or backslash is the string's own;
                     // a control byte there is invalid.
                     let end = memchr::memchr2(b'"', b'\\', &b[i..]).map_or(b.len(), |at| i + at);
-                    if !control_free(&b[i..end]) {
+                    let run = &b[i..end];
+                    if !control_free(run) {
                         return Err(Fail::Invalid);
                     }
+                    high |= u64::from(beyond_ascii(run));
                     i = end;
                     break;
                 }
@@ -213,6 +241,7 @@ impl Scanner<'_> {
                 None => return Err(Fail::Invalid),
                 Some(b'"') => {
                     self.i = i + 1;
+                    self.high |= high;
                     return Ok(Span {
                         start,
                         end: i,
@@ -234,7 +263,10 @@ impl Scanner<'_> {
                     }
                 }
                 Some(&c) if c < 0x20 => return Err(Fail::Invalid),
-                Some(_) => i += 1,
+                Some(&c) => {
+                    high |= u64::from(c & 0x80);
+                    i += 1;
+                }
             }
         }
     }
@@ -505,6 +537,34 @@ mod tests {
             "}".repeat(MAX_DEPTH + 1)
         );
         assert_eq!(scan(objects.as_bytes()), Scan::TooDeep);
+    }
+
+    #[test]
+    fn valid_lines_say_whether_they_are_ascii() {
+        let ascii = |line: &str| match scan_with_ascii(line.as_bytes()) {
+            (Scan::Valid(_), ascii) => ascii,
+            (other, _) => panic!("{other:?} on {line}"),
+        };
+        let long = "y".repeat(100);
+        assert!(ascii(
+            r#"{"resourceType":"Patient","name":"Jo","n":[1,true,null]}"#
+        ));
+        assert!(ascii(&format!(r#"{{"text":"{long}\u00e9\n"}}"#)));
+        // A byte of 0x80 or more in a word, in a string's last bytes, in a long run, in a key.
+        assert!(!ascii(r#"{"name":"Zoé Martin-Dupont"}"#));
+        assert!(!ascii(r#"{"n":"é"}"#));
+        assert!(!ascii(&format!(r#"{{"text":"{long}é{long}"}}"#)));
+        assert!(!ascii(&format!(r#"{{"text":"{long}😀"}}"#)));
+        assert!(!ascii(r#"{"é":1}"#));
+        // Not UTF-8 in a string: the scan accepts the bytes, and check_line refuses them.
+        let mut bad = format!(r#"{{"text":"{long}x"}}"#).into_bytes();
+        let at = bad.len() - 4;
+        bad[at] = 0xff;
+        assert!(matches!(scan_with_ascii(&bad), (Scan::Valid(_), false)));
+        assert!(matches!(
+            super::super::check_line(&bad),
+            Err(super::super::ParseError::InvalidUtf8(_))
+        ));
     }
 
     #[test]
