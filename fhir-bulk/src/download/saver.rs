@@ -305,6 +305,10 @@ impl Saver {
             return;
         };
         match joined {
+            // Nothing to sync: the finisher appends its tail (one trip fewer per file).
+            Ok((_, Ok(Downloaded::Written(written)))) if !written.durable() => {
+                self.waiting.push((job, Synced::later(written)));
+            }
             Ok((_, Ok(Downloaded::Written(written)))) => self.to_sync.push_back((job, written)),
             Ok((_, Ok(Downloaded::Skipped(saved)))) => self.done(job, Ok(saved)),
             Ok((_, Err(error))) => self.done(job, Err(error)),
