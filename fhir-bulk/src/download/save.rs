@@ -775,9 +775,8 @@ impl Sink {
         Ok(())
     }
 
-    /// Writes what is left and hands the file over (written, not yet synced: the finisher
-    /// syncs it before the rename).
-    /// The end of the lines: the `.part`'s size once `tail` is appended, whether it has a
+    /// The end of the lines, handing the file over (not yet synced: the finisher syncs it
+    /// before the rename): the `.part`'s size once `tail` is appended, whether it has a
     /// sidecar, the handle (every earlier write done), and `tail`, the last buffered bytes
     /// (or gzip member). The tail is written on the trip to the blocking pool that syncs or
     /// finishes the file ([`sync_written`]), not on one of its own: a small file's lines
