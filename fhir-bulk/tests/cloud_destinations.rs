@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 #![cfg(feature = "cloud")]
 
+mod common;
 mod emulators;
 
 use base64::Engine;
@@ -13,7 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 use fhir_bulk::download::{SaveOptions, file_names};
 use fhir_bulk::storage::Shard;
 use fhir_bulk::storage::cloud::Destination;
-use fhir_bulk::{BulkClient, CompletedExport, ExportRequest};
+use fhir_bulk::{BulkClient, CompletedExport};
 use fhir_bulk_test_server::TestServer;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -27,24 +28,13 @@ const AZURITE_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 async fn export() -> (TestServer, BulkClient, CompletedExport) {
-    let server = TestServer::builder()
-        .patients(30)
-        .resource_types(["Patient", "Observation", "Condition", "Encounter"])
-        .polls_before_complete(0)
-        .start()
-        .await
-        .unwrap();
-    let client = BulkClient::builder(server.base_url().as_str())
-        .build()
-        .unwrap();
-    let export = client
-        .kick_off(&ExportRequest::system())
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
-    (server, client, export)
+    common::completed_export(
+        TestServer::builder()
+            .patients(30)
+            .resource_types(["Patient", "Observation", "Condition", "Encounter"])
+            .polls_before_complete(0),
+    )
+    .await
 }
 
 /// What one machine writes locally: relative name → bytes.

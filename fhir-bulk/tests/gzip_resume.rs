@@ -417,7 +417,6 @@ proptest::proptest! {
 /// lines, into a multi-member gzip save.
 #[test]
 fn a_test_server_gzip_file_cut_then_killed_resumes_into_a_gzip_save() {
-    use fhir_bulk::ExportRequest;
     use fhir_bulk_test_server::{Fault, TestServer};
     let server_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -425,25 +424,15 @@ fn a_test_server_gzip_file_cut_then_killed_resumes_into_a_gzip_save() {
         .build()
         .unwrap();
     let (server, file) = server_runtime.block_on(async {
-        let server = TestServer::builder()
-            .patients(10)
-            .resource_types(["Observation"])
-            .file_bytes("Observation", 3_000_000)
-            .polls_before_complete(0)
-            .fault(Fault::drop_after(40_000).on_all_files())
-            .start()
-            .await
-            .unwrap();
-        let client = BulkClient::builder(server.base_url().as_str())
-            .build()
-            .unwrap();
-        let export = client
-            .kick_off(&ExportRequest::system())
-            .await
-            .unwrap()
-            .wait()
-            .await
-            .unwrap();
+        let (server, _client, export) = common::completed_export(
+            TestServer::builder()
+                .patients(10)
+                .resource_types(["Observation"])
+                .file_bytes("Observation", 3_000_000)
+                .polls_before_complete(0)
+                .fault(Fault::drop_after(40_000).on_all_files()),
+        )
+        .await;
         let file = export.all_files().remove(0);
         (server, file)
     });

@@ -63,3 +63,28 @@ pub fn outcome(severity: &str, code: &str, diagnostics: &str) -> serde_json::Val
         "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics}]
     })
 }
+
+/// Starts `server`, builds a client for it and runs a system-level export to its end: the
+/// server (keep it alive while its files are read), the client and the export. (The
+/// library's unit tests have the same in `test_support`, which integration tests cannot
+/// reach.)
+pub async fn completed_export(
+    server: fhir_bulk_test_server::TestServerBuilder,
+) -> (
+    fhir_bulk_test_server::TestServer,
+    BulkClient,
+    fhir_bulk::CompletedExport,
+) {
+    let server = server.start().await.unwrap();
+    let client = BulkClient::builder(server.base_url().as_str())
+        .build()
+        .unwrap();
+    let export = client
+        .kick_off(&fhir_bulk::ExportRequest::system())
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    (server, client, export)
+}
