@@ -265,6 +265,15 @@ pub(crate) fn issues_result(dir: &Path, errors: u64) -> Result<(), CliError> {
 
 /// The export recorded in the directory is already complete: say so, show its summary.
 fn already_complete(dir: &Path, old: JobState, started: Instant) -> Result<(), CliError> {
+    // A run killed after recording the end of its downloads in the journal, before its one
+    // whole write, left the journal: fold it into the header, as that run would have.
+    let old = if StateFile::journal_in(dir).exists() {
+        let mut file = StateFile::new(dir, old);
+        file.save()?;
+        file.state
+    } else {
+        old
+    };
     crate::out::err(&format!(
         "The export in {} is already complete; pass --fresh to run a new one.",
         dir.display()
@@ -649,4 +658,41 @@ fn discard(dir: &Path, old: Option<&JobState>, reporter: &Reporter) -> Result<()
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{FileRecord, UrlId};
+    use fhir_bulk::FileKind;
+
+    /// A run killed between the end-of-downloads mark and its one whole write leaves the mark
+    /// in the journal; the rerun that finds the export complete folds it into the header.
+    #[test]
+    fn an_export_found_complete_folds_a_left_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = StateFile::new(dir.path(), JobState::new(Phase::Downloading));
+        file.save().unwrap();
+        std::fs::write(dir.path().join("Patient.1.ndjson"), "{}\n").unwrap();
+        let record = FileRecord {
+            kind: FileKind::Output,
+            resource_type: Some("Patient".into()),
+            url: UrlId::of("http://h/1"),
+            resources: 1,
+            bytes: 3,
+            data_bytes: 3,
+        };
+        file.record("Patient.1.ndjson", record).unwrap();
+        file.record_complete(0).unwrap();
+        drop(file);
+        let loaded = StateFile::load(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.phase, Phase::Complete);
+        already_complete(dir.path(), loaded, Instant::now()).unwrap();
+        assert!(!StateFile::journal_in(dir.path()).exists());
+        let header: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(StateFile::path_in(dir.path())).unwrap())
+                .unwrap();
+        assert_eq!(header["phase"], "complete");
+        assert_eq!(header["files"].as_object().unwrap().len(), 1);
+    }
 }
