@@ -846,9 +846,10 @@ impl<'de> Visitor<'de> for ProbeVisitor<'_, 'de> {
 /// none).
 ///
 /// This is the integrity check every downloaded line passes before it is counted or saved. It
-/// builds no values: the UTF-8 check runs over the whole line first (SIMD-accelerated; a
-/// skipping JSON parser would not check the strings it skips), then one validating scan reads
-/// the object to its end, eight bytes at a time through string contents. Containers may nest
+/// builds no values: one validating scan reads the object to its end, eight bytes at a time
+/// through string contents, and a line with a byte of 0x80 or more then gets a UTF-8 check
+/// over the whole of it (SIMD-accelerated; a skipping JSON parser would not check the strings
+/// it skips; an ASCII line is UTF-8 as it is). Containers may nest
 /// 127 deep, serde_json's limit for typed parsing. A bad line is explained by serde_json's
 /// message (what is wrong, and the column).
 ///
@@ -890,6 +891,21 @@ pub fn check_line(line: &[u8]) -> Result<Option<Cow<'_, str>>, ParseError> {
         line_check::Scan::TooDeep => Err(too_deep(utf8(line)?)),
         // serde_json's check has the last word on a refused line and explains it.
         line_check::Scan::Invalid => check_line_serde(utf8(line)?),
+    }
+}
+
+/// Whether `line` passes [`check_line`] with `expected` as its top-level `resourceType`,
+/// decided without building the type when the line writes it without escapes (as servers
+/// do): the per-line test of a download that knows its files' types. `false` means "ask
+/// [`check_line`]", for the type it has or what is wrong with it.
+pub(crate) fn is_valid_of_type(line: &[u8], expected: &str) -> bool {
+    match line_check::scan_with_ascii(line) {
+        (line_check::Scan::Valid(Some(span)), ascii)
+            if !span.escaped && &line[span.start..span.end] == expected.as_bytes() =>
+        {
+            ascii || simdutf8::basic::from_utf8(line).is_ok()
+        }
+        _ => false,
     }
 }
 

@@ -196,8 +196,12 @@ impl LineReader {
     /// The next event, or `None` after the end.
     pub(crate) async fn next(&mut self) -> Option<Result<LineEvent>> {
         loop {
+            if let Some(event) = self.ready() {
+                return Some(event);
+            }
             match self.state {
                 State::Done => return None,
+                State::Lines { .. } => {}
                 State::Body => match self.body.next().await {
                     Some(Ok(BodyEvent::Data(data))) => {
                         self.framer.push(data);
@@ -216,30 +220,40 @@ impl LineReader {
                     }
                     None => self.state = State::Lines { finished: true },
                 },
-                State::Lines { finished } => {
-                    // Lines of the last pushed bytes first; then, at the end, a last line
-                    // without a line end.
-                    let mut unterminated = false;
-                    let next = match self.framer.next_line() {
-                        Some(next) => Some(next),
-                        None if finished => {
-                            unterminated =
-                                self.framer.bytes_consumed() > self.framer.complete_offset();
-                            self.framer.finish()
-                        }
-                        None => None,
-                    };
-                    match next {
-                        Some(next) => return Some(self.line(next, unterminated)),
-                        None if finished => {
-                            self.state = State::Done;
-                            return Some(Ok(LineEvent::End {
-                                counted: self.counted,
-                            }));
-                        }
-                        None => self.state = State::Body,
-                    }
-                }
+            }
+        }
+    }
+
+    /// The next event the bytes already read hold, without waiting: a consumer's loop takes
+    /// these first and awaits [`next`](Self::next) only when there are none (most lines of
+    /// a big file come out of the last chunk read, so they cost no trip through a future).
+    /// `None` when the reader needs more of the body or has ended.
+    pub(crate) fn ready(&mut self) -> Option<Result<LineEvent>> {
+        let State::Lines { finished } = self.state else {
+            return None;
+        };
+        // Lines of the last pushed bytes first; then, at the end, a last line without a
+        // line end.
+        let mut unterminated = false;
+        let next = match self.framer.next_line() {
+            Some(next) => Some(next),
+            None if finished => {
+                unterminated = self.framer.bytes_consumed() > self.framer.complete_offset();
+                self.framer.finish()
+            }
+            None => None,
+        };
+        match next {
+            Some(next) => Some(self.line(next, unterminated)),
+            None if finished => {
+                self.state = State::Done;
+                Some(Ok(LineEvent::End {
+                    counted: self.counted,
+                }))
+            }
+            None => {
+                self.state = State::Body;
+                None
             }
         }
     }

@@ -26,7 +26,9 @@ use crate::error::{Error, LineErrorKind, Result};
 use crate::manifest::{CompletedExport, ExportFile, FileKind, FileUrl};
 use crate::ndjson::DEFAULT_MAX_LINE_LEN;
 use crate::outcome::OperationOutcome;
-use crate::resource::{DeletedResource, ParseError, check_line, deleted_resources, parse_line};
+use crate::resource::{
+    DeletedResource, ParseError, check_line, deleted_resources, is_valid_of_type, parse_line,
+};
 use crate::transport::TokenUse;
 use body::FileRequest;
 use bytes::Bytes;
@@ -440,6 +442,11 @@ pub(crate) fn check_raw_line(
     bytes: &[u8],
     expected: Option<&str>,
 ) -> std::result::Result<(), ParseError> {
+    if let Some(expected) = expected
+        && is_valid_of_type(bytes, expected)
+    {
+        return Ok(());
+    }
     let found = check_line(bytes)?;
     if let Some(expected) = expected
         && found.as_deref() != Some(expected)

@@ -656,36 +656,53 @@ impl Sink {
         })
     }
 
-    /// Buffers one line; `place` is where the save stands once it is written.
-    async fn line(&mut self, line: &[u8], place: Place) -> Result<()> {
+    /// Buffers (or compresses) one line; `place` is where the save stands once it is
+    /// written. Whether a write is due: then call [`write_due`](Self::write_due) before the
+    /// next line (a line's path costs no future when none is).
+    fn buffer_line(&mut self, line: &[u8], place: Place) -> Result<bool> {
+        self.pending = Some(place);
         match &mut self.gzip {
             Some(encoder) => {
-                let path = &self.path;
                 encoder
                     .write_all(line)
                     .and_then(|()| encoder.write_all(b"\n"))
-                    .map_err(|e| io_error("compressing", path, e))?;
+                    .map_err(|e| io_error("compressing", &self.path, e))?;
                 self.member_in += line.len() as u64 + 1;
-                self.pending = Some(place);
-                if self.member_in >= GZIP_MEMBER_BYTES {
-                    self.end_member().await?;
-                } else if encoder.get_ref().len() >= FLUSH_AT {
-                    // Part of a member: not a place to resume from.
-                    let chunk = std::mem::take(encoder.get_mut());
-                    let spare = self.write(chunk, None).await?;
-                    if let Some(encoder) = &mut self.gzip {
-                        *encoder.get_mut() = spare;
-                    }
-                }
+                Ok(self.member_in >= GZIP_MEMBER_BYTES || encoder.get_ref().len() >= FLUSH_AT)
             }
             None => {
                 self.buffer.extend_from_slice(line);
                 self.buffer.push(b'\n');
-                self.pending = Some(place);
-                if self.buffer.len() >= FLUSH_AT {
-                    self.flush().await?;
-                }
+                Ok(self.buffer.len() >= FLUSH_AT)
             }
+        }
+    }
+
+    /// The write [`buffer_line`](Self::buffer_line) said is due: the buffer, a gzip member
+    /// that is full, or the compressed part of one.
+    async fn write_due(&mut self) -> Result<()> {
+        match &mut self.gzip {
+            Some(_) if self.member_in >= GZIP_MEMBER_BYTES => self.end_member().await,
+            Some(encoder) if encoder.get_ref().len() >= FLUSH_AT => {
+                // Part of a member: not a place to resume from.
+                let chunk = std::mem::take(encoder.get_mut());
+                let spare = self.write(chunk, None).await?;
+                if let Some(encoder) = &mut self.gzip {
+                    *encoder.get_mut() = spare;
+                }
+                Ok(())
+            }
+            Some(_) => Ok(()),
+            None if self.buffer.len() >= FLUSH_AT => self.flush().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Buffers one line and writes what is due.
+    #[cfg(test)]
+    async fn line(&mut self, line: &[u8], place: Place) -> Result<()> {
+        if self.buffer_line(line, place)? {
+            self.write_due().await?;
         }
         Ok(())
     }
@@ -1074,8 +1091,13 @@ async fn save_attempt(
     // `.part` to a retry (which cuts it back to its sidecar's size).
     let read: Result<()> = async {
         loop {
-            let Some(next) = lines.next().await else {
-                break;
+            // Lines the last chunk holds first, without a trip through a future.
+            let next = match lines.ready() {
+                Some(next) => next,
+                None => match lines.next().await {
+                    Some(next) => next,
+                    None => break,
+                },
             };
             let line = match next {
                 Ok(LineEvent::Line(line)) => line,
@@ -1135,7 +1157,9 @@ async fn save_attempt(
                 counted: line.counted,
                 after: line.after,
             };
-            sink.line(bytes, place).await?;
+            if sink.buffer_line(bytes, place)? {
+                sink.write_due().await?;
+            }
             if let Some(progress) = &options.on_progress
                 && tally.data_bytes - reported >= PROGRESS_EVERY_BYTES
             {
