@@ -9,6 +9,7 @@
 pub(crate) mod body;
 mod decode;
 mod expiry;
+mod leftovers;
 mod lines;
 mod save;
 mod saver;

@@ -28,7 +28,7 @@
 
 use super::body::ResumeFrom;
 use super::lines::{LineEvent, LineStart, line_reader_from};
-use super::write_behind::WriteBehind;
+use super::write_behind::{Target, WriteBehind};
 use super::{
     DownloadOptions, InvalidLines, check_count, check_raw_line, info_for, line_error, request_for,
 };
@@ -477,7 +477,7 @@ struct Place {
     after: Checkpoint,
 }
 
-fn sidecar_path(part: &Path) -> PathBuf {
+pub(super) fn sidecar_path(part: &Path) -> PathBuf {
     with_suffix(part, ".resume")
 }
 
@@ -593,25 +593,16 @@ fn encoder() -> GzEncoder<Vec<u8>> {
 
 impl Sink {
     /// A sink writing `path` from its start: `created` when the caller has just created it
-    /// (empty), otherwise created (or emptied) here.
-    async fn create(
-        path: &Path,
-        created: Option<std::fs::File>,
-        gzip: bool,
-        url: String,
-    ) -> Result<Sink> {
-        let file = match created {
-            Some(file) => file,
-            None => {
-                tokio::fs::File::create(path)
-                    .await
-                    .map_err(|e| io_error("creating", path, e))?
-                    .into_std()
-                    .await
-            }
+    /// (empty), otherwise created (or emptied) by the first write, or by the trip that
+    /// finishes the file when the lines all fit in the buffer: a small file costs no trip to
+    /// the blocking pool of its own before its last.
+    fn create(path: &Path, created: Option<std::fs::File>, gzip: bool, url: String) -> Sink {
+        let target = match created {
+            Some(file) => Target::Open(file),
+            None => Target::Create(path.to_owned()),
         };
-        Ok(Sink {
-            file: WriteBehind::new(file),
+        Sink {
+            file: WriteBehind::new(target),
             path: path.to_owned(),
             gzip: gzip.then(encoder),
             member_in: 0,
@@ -623,7 +614,7 @@ impl Sink {
             validator: None,
             sidecar: false,
             checkpointed: 0,
-        })
+        }
     }
 
     /// Opens a kept `.part` cut to the bytes its resume state describes (for gzip, the end of
@@ -641,7 +632,7 @@ impl Sink {
             .await
             .map_err(|e| io_error("seeking", path, e))?;
         Ok(Sink {
-            file: WriteBehind::new(file.into_std().await),
+            file: WriteBehind::new(Target::Open(file.into_std().await)),
             path: path.to_owned(),
             gzip: state.gzip.then(encoder),
             member_in: 0,
@@ -794,11 +785,12 @@ impl Sink {
 
     /// The end of the lines, handing the file over (not yet synced: the finisher syncs it
     /// before the rename): the `.part`'s size once `tail` is appended, whether it has a
-    /// sidecar, the handle (every earlier write done), and `tail`, the last buffered bytes
+    /// sidecar, the file (every earlier write done; still to create when none was), and
+    /// `tail`, the last buffered bytes
     /// (or gzip member). The tail is written on the trip to the blocking pool that syncs or
     /// finishes the file ([`sync_written`]), not on one of its own: a small file's lines
     /// all go out there, one trip fewer per file.
-    async fn finish(mut self) -> Result<(u64, bool, std::fs::File, Vec<u8>)> {
+    async fn finish(mut self) -> Result<(u64, bool, Target, Vec<u8>)> {
         let tail = match self.gzip.take() {
             // Nothing since the last member (a resumed file, or one ending at a member
             // end): no empty member. A file without any line still gets one.
@@ -810,7 +802,7 @@ impl Sink {
         };
         let file = self
             .file
-            .into_std()
+            .into_target()
             .await
             .map_err(|e| io_error("writing", &self.path, e))?;
         Ok((self.written + tail.len() as u64, self.sidecar, file, tail))
@@ -932,12 +924,15 @@ fn saved_file(
 
 /// Downloads one file into its `.part` (owned arguments, so the future is `Send + 'static`),
 /// continuing a kept `.part`; a permanent failure removes it. The written file still has to
-/// go through [`finish_batch`].
+/// go through [`finish_batch`]. `nothing_left`: the caller knows that neither the `.part`
+/// nor its sidecar exists and that the directory does (a [`Saver`](super::Saver) that looked
+/// at the directory), so there is nothing to look for before the request.
 pub(super) async fn download_one(
     client: BulkClient,
     file: ExportFile,
     path: PathBuf,
     options: SaveOptions,
+    nothing_left: bool,
 ) -> Result<Downloaded> {
     if options.skip_existing && tokio::fs::try_exists(&path).await.unwrap_or(false) {
         return Ok(Downloaded::Skipped(saved_file(
@@ -951,27 +946,32 @@ pub(super) async fn download_one(
     }
     let part = with_suffix(&path, ".part");
     let url = file.file.url.redacted();
-    let found = {
+    let found = if nothing_left {
+        None
+    } else {
         let (at, kept, gzip) = (path.clone(), part.clone(), options.gzip);
-        tokio::task::spawn_blocking(move || prepare(&at, &kept, &url, gzip))
+        let found = tokio::task::spawn_blocking(move || prepare(&at, &kept, &url, gzip))
             .await
-            .map_err(|e| io_error("opening", &part, std::io::Error::other(e.to_string())))??
+            .map_err(|e| io_error("opening", &part, std::io::Error::other(e.to_string())))??;
+        Some(found)
     };
-    let (resume, created) = match found {
-        Found::Resume(state) => (Some(state), None),
-        Found::Created(file) => (None, Some(file)),
+    let (resume, fresh) = match found {
+        Some(Found::Resume(state)) => (Some(state), Fresh::Nothing),
+        Some(Found::Created(file)) => (None, Fresh::Created(file)),
+        None => (None, Fresh::Nothing),
     };
     let resume = resume.as_ref();
     let start = match resume {
         Some(state) => Start::Resume(state),
-        None => Start::Fresh(created),
+        None => Start::Fresh(fresh),
     };
     let result = match save_attempt(&client, &file, &path, &part, &options, start).await {
         // A range past the end of what an earlier run kept (it had every line): start over.
         Err(Error::UnexpectedResponse { response, .. })
             if resume.is_some() && response.status == 416 =>
         {
-            save_attempt(&client, &file, &path, &part, &options, Start::Fresh(None)).await
+            let fresh = Start::Fresh(Fresh::Replace);
+            save_attempt(&client, &file, &path, &part, &options, fresh).await
         }
         other => other,
     };
@@ -990,7 +990,7 @@ async fn save_one(
     path: PathBuf,
     options: SaveOptions,
 ) -> Result<SavedFile> {
-    match download_one(client, file, path.clone(), options).await? {
+    match download_one(client, file, path.clone(), options, false).await? {
         Downloaded::Skipped(saved) => Ok(saved),
         Downloaded::Written(written) => {
             let part = written.part.clone();
@@ -1013,9 +1013,20 @@ async fn save_one(
 enum Start<'a> {
     /// Continues the kept `.part` this resume state describes.
     Resume(&'a ResumeState),
-    /// From the start: the `.part` just created (empty, no sidecar beside it), or `None` to
-    /// remove the sidecar and empty the `.part` here.
-    Fresh(Option<std::fs::File>),
+    /// From the start.
+    Fresh(Fresh),
+}
+
+/// What is on disk of a file saved from its start.
+enum Fresh {
+    /// Its `.part`, just created (empty, no sidecar beside it).
+    Created(std::fs::File),
+    /// Nothing (the saver looked at the directory): the `.part` is created by the first
+    /// write.
+    Nothing,
+    /// A kept `.part` and its sidecar, replaced: the sidecar is removed here, the `.part`
+    /// emptied by the first write.
+    Replace,
 }
 
 async fn save_attempt(
@@ -1061,12 +1072,17 @@ async fn save_attempt(
             };
             (sink, tally, start)
         }
-        Start::Fresh(created) => {
-            if created.is_none() {
-                let _ = tokio::fs::remove_file(sidecar_path(part)).await;
-            }
+        Start::Fresh(fresh) => {
+            let created = match fresh {
+                Fresh::Created(file) => Some(file),
+                Fresh::Nothing => None,
+                Fresh::Replace => {
+                    let _ = tokio::fs::remove_file(sidecar_path(part)).await;
+                    None
+                }
+            };
             (
-                Sink::create(part, created, options.gzip, info.url.clone()).await?,
+                Sink::create(part, created, options.gzip, info.url.clone()),
                 Tally::default(),
                 LineStart::default(),
             )
@@ -1207,8 +1223,9 @@ async fn save_attempt(
 pub(super) struct Written {
     /// The `.part`.
     part: PathBuf,
-    /// The `.part`, open (so the sync needs no second open).
-    handle: std::fs::File,
+    /// The `.part`, open (so the sync needs no second open), or still to create (nothing
+    /// was written before the tail).
+    handle: Target,
     /// The file's last bytes, not written yet: [`sync_written`] appends them.
     tail: Vec<u8>,
     /// Whether it has a sidecar to remove.
@@ -1265,18 +1282,20 @@ impl Synced {
 /// disk overlaps its flushes.
 pub(super) fn sync_written(mut written: Written) -> Synced {
     let tail = std::mem::take(&mut written.tail);
-    let result = if tail.is_empty() {
-        Ok(())
-    } else {
-        written.handle.write_all(&tail).map_err(|e| ("writing", e))
-    };
-    let result = result.and_then(|()| {
-        if written.durable {
-            written.handle.sync_data().map_err(|e| ("syncing", e))
-        } else {
+    let durable = written.durable;
+    let result = written
+        .handle
+        .file()
+        .map_err(|e| ("creating", e))
+        .and_then(|file| {
+            if !tail.is_empty() {
+                file.write_all(&tail).map_err(|e| ("writing", e))?;
+            }
+            if durable {
+                file.sync_data().map_err(|e| ("syncing", e))?;
+            }
             Ok(())
-        }
-    });
+        });
     Synced {
         written,
         result: Some(result),
@@ -1363,9 +1382,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let part = dir.path().join("f.ndjson.part");
         let sidecar = sidecar_path(&part);
-        let mut sink = Sink::create(&part, None, false, "https://h/f".into())
-            .await
-            .unwrap();
+        let mut sink = Sink::create(&part, None, false, "https://h/f".into());
         let line = vec![b'x'; 1023]; // 1 KiB with its line end
         let mut sidecars = Vec::new();
         for i in 1..=3072u64 {
@@ -1429,7 +1446,7 @@ mod tests {
             let handle = std::fs::File::from(std::os::fd::OwnedFd::from(writer));
             let written = Written {
                 part: part.clone(),
-                handle,
+                handle: Target::Open(handle),
                 tail: Vec::new(),
                 sidecar: false,
                 durable,
@@ -1449,7 +1466,8 @@ mod tests {
 
     /// A batch of several files is finished in order: each result is its own file's, every
     /// `.part` is renamed with its tail appended (by the sync, or by the finisher for a file
-    /// handed over unsynced), and a sidecar is removed only where the save wrote one.
+    /// handed over unsynced), or first created with it when nothing was written before, and a
+    /// sidecar is removed only where the save wrote one.
     #[test]
     fn a_batch_is_finished_in_order_with_its_own_results() {
         let output: Vec<serde_json::Value> = (0..20)
@@ -1466,17 +1484,22 @@ mod tests {
             .map(|(i, (file, name))| {
                 let path = dir.path().join(name);
                 let part = with_suffix(&path, ".part");
-                std::fs::write(&part, format!("{i}")).unwrap();
                 let sidecar = i % 2 == 0;
                 if sidecar {
                     std::fs::write(sidecar_path(&part), "{}").unwrap();
                 }
+                // Every fourth file's lines all fit in its tail: its `.part` is created by
+                // the trip that finishes it.
+                let (handle, tail) = if i % 4 == 3 {
+                    (Target::Create(part.clone()), format!("{i}\n").into_bytes())
+                } else {
+                    std::fs::write(&part, format!("{i}")).unwrap();
+                    let file = std::fs::OpenOptions::new().append(true).open(&part);
+                    (Target::Open(file.unwrap()), b"\n".to_vec())
+                };
                 Written {
-                    handle: std::fs::OpenOptions::new()
-                        .append(true)
-                        .open(&part)
-                        .unwrap(),
-                    tail: b"\n".to_vec(),
+                    handle,
+                    tail,
                     part,
                     sidecar,
                     durable: i % 3 != 0,

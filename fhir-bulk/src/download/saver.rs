@@ -14,6 +14,7 @@
 //! [`BulkClient::save_export`] is this saver fed with every file of a complete export.
 
 use super::DownloadOptions;
+use super::leftovers::Leftovers;
 use super::save::{
     Downloaded, SaveEvent, SaveOptions, SavedFile, Synced, Written, download_one, finish_batch,
     skipped_file, sync_written,
@@ -70,6 +71,8 @@ enum Step {
     Downloaded(std::result::Result<(tokio::task::Id, Result<Downloaded>), JoinError>),
     Synced(std::result::Result<(tokio::task::Id, Synced), JoinError>),
     Finished(std::result::Result<Vec<Result<SavedFile>>, JoinError>),
+    /// A directory was looked at: files in it may now skip their look.
+    Looked,
 }
 
 /// Saves files into a directory as they are pushed, [`DownloadOptions::concurrency`] at a
@@ -112,6 +115,8 @@ pub struct Saver {
     /// The batch being finished on the blocking pool.
     finishing: Option<(Vec<Job>, Batch)>,
     ready: VecDeque<SaveResult>,
+    /// What is known of the `.part` files and sidecars in the directories saved into.
+    leftovers: Leftovers,
 }
 
 impl fmt::Debug for Saver {
@@ -147,6 +152,7 @@ impl Saver {
             waiting: Vec::new(),
             finishing: None,
             ready: VecDeque::new(),
+            leftovers: Leftovers::default(),
         }
     }
 
@@ -232,6 +238,7 @@ impl Saver {
                 Step::Downloaded(joined) => self.downloaded(joined),
                 Step::Synced(joined) => self.synced(joined),
                 Step::Finished(done) => self.finished(done),
+                Step::Looked => {}
             }
         }
     }
@@ -248,6 +255,9 @@ impl Saver {
         if let Poll::Ready(Some(joined)) = self.running.poll_join_next_with_id(cx) {
             return Poll::Ready(Step::Downloaded(joined));
         }
+        if self.leftovers.poll_looked(cx).is_ready() {
+            return Poll::Ready(Step::Looked);
+        }
         Poll::Pending
     }
 
@@ -261,6 +271,7 @@ impl Saver {
             let file = job.file.clone();
             let path = job.path.clone();
             let options = self.options.clone();
+            let nothing_left = self.leftovers.nothing_left(&path);
             let handle = self.running.spawn(async move {
                 if let Some(hook) = &options.on_file {
                     hook(&SaveEvent::Started {
@@ -268,7 +279,7 @@ impl Saver {
                         path: &path,
                     });
                 }
-                download_one(client, file, path, options).await
+                download_one(client, file, path, options, nothing_left).await
             });
             self.in_flight.insert(handle.id(), job);
         }
@@ -354,6 +365,9 @@ impl Saver {
 
     fn done(&mut self, job: Job, result: Result<SavedFile>) {
         let Job { index, file, path } = job;
+        if result.is_err() {
+            self.leftovers.may_be_left(&path);
+        }
         self.ready.push_back(SaveResult {
             index,
             file,

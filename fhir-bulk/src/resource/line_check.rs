@@ -808,15 +808,29 @@ mod tests {
             // The typed shortcut never accepts what serde refuses or types otherwise, and
             // accepts every line whose type it can compare unescaped.
             let found = expected.clone().ok().flatten();
-            for kind in ["Patient", "resourceType", ""].into_iter().chain(found.as_deref()) {
+            for kind in ["Patient", "resourceType", ""]
+                .into_iter()
+                .chain(found.as_deref())
+            {
                 let quick = crate::resource::is_valid_of_type(line, kind);
                 let typed = matches!(&expected, Ok(Some(t)) if t == kind);
                 if quick {
-                    prop_assert!(typed, "accepted as {:?}: {:?}", kind, String::from_utf8_lossy(line));
+                    prop_assert!(
+                        typed,
+                        "accepted as {:?}: {:?}",
+                        kind,
+                        String::from_utf8_lossy(line)
+                    );
                 }
                 if typed && let Ok(text) = text {
                     let plain = matches!(super::scan(text.as_bytes()), super::Scan::Valid(Some(span)) if !span.escaped);
-                    prop_assert_eq!(quick, plain, "{:?} as {:?}", String::from_utf8_lossy(line), kind);
+                    prop_assert_eq!(
+                        quick,
+                        plain,
+                        "{:?} as {:?}",
+                        String::from_utf8_lossy(line),
+                        kind
+                    );
                 }
             }
             Ok(())
