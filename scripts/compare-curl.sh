@@ -4,7 +4,8 @@
 #
 #   1. 1 GB in 7 files, identity encoding       curl --parallel --parallel-max 4
 #   2. the same files, gzip on the wire          curl ... --compressed (nginx gzip_static)
-#   3. 2,000 files of 40 KB                      curl --parallel --parallel-max 4
+#   3. 2,000 files of 40 KB, and 20,000 files    curl --parallel --parallel-max 4
+#      of one line (Oracle Health-sized)
 #   4. 500 and 4,000 tiny files (CPU growth)     fhir-bulk only: CPU(4,000) / CPU(500)
 #   5. bytes written (cases 3 and 4)             fhir-bulk only, under strace: its own files
 #                                                against the bound data + 1% + 1 MB
@@ -137,6 +138,7 @@ manifest("small", write_files("small", 2000, 40_000, 300))
 tiny = write_files("tiny", 4000, 1, 50)
 manifest("tiny500", tiny[:500])
 manifest("tiny4000", tiny)
+manifest("tiny20000", write_files("tiny20k", 20000, 1, 50))
 PY
 
 mkdir -p "$work/tmp"
@@ -242,6 +244,7 @@ print(f'| $label | {fw:.2f} s / {fc:.2f} s / {fm/1024:.1f} MiB | {tw:.2f} s / {t
 row "${size_mb} MB in 7 files, identity" identity
 row "${size_mb} MB in 7 files, gzip on the wire" gzip --compressed
 row "2,000 files of 40 KB" small
+row "20,000 one-line files" tiny20000
 
 read -r w500 c500 m500 < <(run_fhir_bulk tiny500)
 read -r w4000 c4000 m4000 < <(run_fhir_bulk tiny4000)
@@ -302,3 +305,4 @@ bytes_row "2,000 files of 40 KB" small
 bytes_row "2,000 files of 40 KB, --log-files errors" small --log-files errors
 bytes_row "4,000 one-line files" tiny4000
 bytes_row "4,000 one-line files, --log-files errors" tiny4000 --log-files errors
+bytes_row "20,000 one-line files, --log-files errors" tiny20000 --log-files errors

@@ -1262,6 +1262,11 @@ impl Written {
     pub(super) fn durable(&self) -> bool {
         self.durable
     }
+
+    /// Bytes of its tail, held in memory until [`sync_written`] writes them.
+    pub(super) fn tail_len(&self) -> usize {
+        self.tail.len()
+    }
 }
 
 impl Synced {

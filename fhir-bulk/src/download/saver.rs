@@ -35,6 +35,12 @@ use tokio::task::{JoinError, JoinHandle, JoinSet};
 /// read pauses new downloads instead of opening files without bound.
 const FINISH_BACKLOG: usize = 256;
 
+/// Bytes of written files' tails (their last buffered lines, up to 256 KiB a file, written
+/// by the trip that syncs or finishes them) held in memory at most: past it, new downloads
+/// wait for syncs, so the backlog's memory is bounded by this, not by its file count times
+/// the buffer size.
+const TAILS_HELD: usize = 1024 * 1024;
+
 /// Data syncs running at once, at most: a sync mostly waits for the disk, and disks complete
 /// several flushes in about the time of one. They run on tokio's blocking pool, whose threads
 /// are reused from file to file.
@@ -49,6 +55,8 @@ struct Job {
     index: usize,
     file: ExportFile,
     path: PathBuf,
+    /// Bytes of its tail the saver holds (counted in [`Saver::held`]) until it is written.
+    held: usize,
 }
 
 /// What one push to a [`Saver`] came to.
@@ -115,6 +123,8 @@ pub struct Saver {
     /// The batch being finished on the blocking pool.
     finishing: Option<(Vec<Job>, Batch)>,
     ready: VecDeque<SaveResult>,
+    /// Bytes of tails held by written files not yet synced or finished ([`TAILS_HELD`]).
+    held: usize,
     /// What is known of the `.part` files and sidecars in the directories saved into.
     leftovers: Leftovers,
 }
@@ -152,6 +162,7 @@ impl Saver {
             waiting: Vec::new(),
             finishing: None,
             ready: VecDeque::new(),
+            held: 0,
             leftovers: Leftovers::default(),
         }
     }
@@ -174,7 +185,12 @@ impl Saver {
                 result: Ok(saved),
             });
         } else {
-            self.queue.push_back(Job { index, file, path });
+            self.queue.push_back(Job {
+                index,
+                file,
+                path,
+                held: 0,
+            });
         }
         index
     }
@@ -263,7 +279,10 @@ impl Saver {
 
     /// Starts queued downloads while slots are free and the finisher keeps up.
     fn fill(&mut self) {
-        while self.running.len() < self.concurrency && self.backlog() < FINISH_BACKLOG {
+        while self.running.len() < self.concurrency
+            && self.backlog() < FINISH_BACKLOG
+            && self.held < TAILS_HELD
+        {
             let Some(job) = self.queue.pop_front() else {
                 return;
             };
@@ -312,9 +331,13 @@ impl Saver {
         &mut self,
         joined: std::result::Result<(tokio::task::Id, Result<Downloaded>), JoinError>,
     ) {
-        let Some(job) = job_of(&mut self.in_flight, &joined) else {
+        let Some(mut job) = job_of(&mut self.in_flight, &joined) else {
             return;
         };
+        if let Ok((_, Ok(Downloaded::Written(written)))) = &joined {
+            job.held = written.tail_len();
+            self.held += job.held;
+        }
         match joined {
             // Nothing to sync: the finisher appends its tail (one trip fewer per file).
             Ok((_, Ok(Downloaded::Written(written)))) if !written.durable() => {
@@ -331,9 +354,11 @@ impl Saver {
     }
 
     fn synced(&mut self, joined: std::result::Result<(tokio::task::Id, Synced), JoinError>) {
-        let Some(job) = job_of(&mut self.syncing_jobs, &joined) else {
+        let Some(mut job) = job_of(&mut self.syncing_jobs, &joined) else {
             return;
         };
+        // The sync wrote the tail (or failed): its memory is free.
+        self.held -= std::mem::take(&mut job.held);
         match joined {
             Ok((_, synced)) => self.waiting.push((job, synced)),
             Err(error) => {
@@ -364,7 +389,13 @@ impl Saver {
     }
 
     fn done(&mut self, job: Job, result: Result<SavedFile>) {
-        let Job { index, file, path } = job;
+        let Job {
+            index,
+            file,
+            path,
+            held,
+        } = job;
+        self.held -= held;
         if result.is_err() {
             self.leftovers.may_be_left(&path);
         }
@@ -420,6 +451,38 @@ mod tests {
     use crate::test_support::completed_export;
     use fhir_bulk_test_server::TestServer;
     use std::sync::{Arc, Mutex};
+
+    /// Written files' tails held in memory past [`TAILS_HELD`] pause new downloads (the
+    /// backlog's memory is bounded in bytes, not only in files); the downloads start again
+    /// once the held bytes fall below it.
+    #[tokio::test]
+    async fn held_tails_past_the_budget_pause_new_downloads() {
+        let (_server, client, export) = completed_export(
+            TestServer::builder()
+                .patients(4)
+                .resource_types(["Patient"])
+                .max_resources_per_file(1)
+                .polls_before_complete(0),
+        )
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut saver = Saver::new(&client, dir.path(), SaveOptions::default());
+        saver.feed(&mut file_names(&export, false));
+        saver.held = TAILS_HELD;
+        saver.fill();
+        assert_eq!(saver.running.len(), 0, "started past the budget");
+        saver.held = TAILS_HELD - 1;
+        saver.fill();
+        assert!(saver.running.len() > 0);
+        saver.held = 0;
+        let mut saved = 0;
+        while let Some(done) = saver.next().await {
+            done.result.unwrap();
+            saved += 1;
+        }
+        assert_eq!(saved, 4);
+        assert_eq!(saver.held, 0, "every tail held was let go");
+    }
 
     /// Fed from an iterator, the saver queues at most its window of files (twice the
     /// concurrency, at least 8) and holds at most the window, the downloads and the finisher's
