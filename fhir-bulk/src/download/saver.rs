@@ -473,7 +473,7 @@ mod tests {
         assert_eq!(saver.running.len(), 0, "started past the budget");
         saver.held = TAILS_HELD - 1;
         saver.fill();
-        assert!(saver.running.len() > 0);
+        assert!(!saver.running.is_empty());
         saver.held = 0;
         let mut saved = 0;
         while let Some(done) = saver.next().await {
