@@ -1542,6 +1542,78 @@ mod tests {
         }
     }
 
+    /// A saver that has looked at its directory still continues what an earlier process
+    /// left: a file with a kept `.part` and sidecar, started long after the look, resumes
+    /// from them (not from its start) and ends byte-identical; the others are saved fresh.
+    #[tokio::test]
+    async fn a_saver_resumes_a_part_left_in_a_directory_it_looked_at() {
+        use crate::download::{Saver, file_names};
+        let (_server, client, export) = completed_export(
+            TestServer::builder()
+                .patients(50)
+                .resource_types(["Patient"])
+                .max_resources_per_file(5)
+                .polls_before_complete(0),
+        )
+        .await;
+        let options =
+            SaveOptions::default().with_download(DownloadOptions::default().with_concurrency(1));
+        let save_all = |dir: PathBuf| {
+            let (client, options, export) = (client.clone(), options.clone(), export.clone());
+            async move {
+                let mut saver = Saver::new(&client, &dir, options);
+                let mut jobs = file_names(&export, false);
+                let mut results = Vec::new();
+                loop {
+                    saver.feed(&mut jobs);
+                    let Some(done) = saver.next().await else {
+                        break;
+                    };
+                    results.push((done.index, done.result.unwrap()));
+                }
+                results.sort_by_key(|(index, _)| *index);
+                results
+            }
+        };
+        let reference = tempfile::tempdir().unwrap();
+        let first = save_all(reference.path().to_owned()).await;
+        assert_eq!(first.len(), 10);
+        let (file, name) = file_names(&export, false).last().unwrap();
+        let whole = std::fs::read(reference.path().join(&name)).unwrap();
+        let kept: usize = whole
+            .split_inclusive(|b| *b == b'\n')
+            .take(2)
+            .map(<[u8]>::len)
+            .sum();
+        let dir = tempfile::tempdir().unwrap();
+        let part = with_suffix(&dir.path().join(&name), ".part");
+        std::fs::write(&part, &whole[..kept]).unwrap();
+        let state = ResumeState {
+            version: RESUME_VERSION,
+            url: file.file.url.redacted(),
+            part_bytes: kept as u64,
+            lines: 2,
+            data_bytes: kept as u64,
+            counted: 2,
+            offset: kept as u64,
+            line: 3,
+            lines_delivered: 2,
+            validator: None,
+            gzip: false,
+        };
+        std::fs::write(sidecar_path(&part), serde_json::to_vec(&state).unwrap()).unwrap();
+        let second = save_all(dir.path().to_owned()).await;
+        for ((_, saved), (_, reference)) in second.iter().zip(&first) {
+            let resumed = saved.path.ends_with(&name);
+            assert_eq!(saved.resumed_bytes, if resumed { kept as u64 } else { 0 });
+            assert_eq!(
+                std::fs::read(&saved.path).unwrap(),
+                std::fs::read(&reference.path).unwrap()
+            );
+        }
+        assert!(!part.exists() && !sidecar_path(&part).exists());
+    }
+
     #[tokio::test]
     async fn progress_is_reported_and_data_bytes_counted() {
         let (server, client, export) = completed_export(
