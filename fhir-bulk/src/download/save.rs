@@ -592,15 +592,11 @@ fn encoder() -> GzEncoder<Vec<u8>> {
 }
 
 impl Sink {
-    /// A sink writing `path` from its start: `created` when the caller has just created it
-    /// (empty), otherwise created (or emptied) by the first write, or by the trip that
-    /// finishes the file when the lines all fit in the buffer: a small file costs no trip to
-    /// the blocking pool of its own before its last.
-    fn create(path: &Path, created: Option<std::fs::File>, gzip: bool, url: String) -> Sink {
-        let target = match created {
-            Some(file) => Target::Open(file),
-            None => Target::Create(path.to_owned()),
-        };
+    /// A sink writing `path` from its start into `target`: the file the caller has just
+    /// created (empty), or [`Target::Create`], created (or emptied) by the first write, or by
+    /// the trip that finishes the file when the lines all fit in the buffer: a small file
+    /// costs no trip to the blocking pool of its own before its last.
+    fn create(path: &Path, target: Target, gzip: bool, url: String) -> Sink {
         Sink {
             file: WriteBehind::new(target),
             path: path.to_owned(),
@@ -955,10 +951,14 @@ pub(super) async fn download_one(
             .map_err(|e| io_error("opening", &part, std::io::Error::other(e.to_string())))??;
         Some(found)
     };
-    let (resume, fresh) = match found {
-        Some(Found::Resume(state)) => (Some(state), Fresh::Nothing),
-        Some(Found::Created(file)) => (None, Fresh::Created(file)),
-        None => (None, Fresh::Nothing),
+    let mut fresh = Fresh::Nothing;
+    let resume = match found {
+        Some(Found::Resume(state)) => Some(state),
+        Some(Found::Created(file)) => {
+            fresh = Fresh::Created(file);
+            None
+        }
+        None => None,
     };
     let resume = resume.as_ref();
     let start = match resume {
@@ -1073,16 +1073,16 @@ async fn save_attempt(
             (sink, tally, start)
         }
         Start::Fresh(fresh) => {
-            let created = match fresh {
-                Fresh::Created(file) => Some(file),
-                Fresh::Nothing => None,
+            let target = match fresh {
+                Fresh::Created(file) => Target::Open(file),
+                Fresh::Nothing => Target::Create(part.to_owned()),
                 Fresh::Replace => {
                     let _ = tokio::fs::remove_file(sidecar_path(part)).await;
-                    None
+                    Target::Create(part.to_owned())
                 }
             };
             (
-                Sink::create(part, created, options.gzip, info.url.clone()),
+                Sink::create(part, target, options.gzip, info.url.clone()),
                 Tally::default(),
                 LineStart::default(),
             )
@@ -1387,7 +1387,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let part = dir.path().join("f.ndjson.part");
         let sidecar = sidecar_path(&part);
-        let mut sink = Sink::create(&part, None, false, "https://h/f".into());
+        let mut sink = Sink::create(
+            &part,
+            Target::Create(part.clone()),
+            false,
+            "https://h/f".into(),
+        );
         let line = vec![b'x'; 1023]; // 1 KiB with its line end
         let mut sidecars = Vec::new();
         for i in 1..=3072u64 {
