@@ -867,13 +867,7 @@ impl<'de> Visitor<'de> for ProbeVisitor<'_, 'de> {
 /// # Ok::<(), ParseError>(())
 /// ```
 pub fn check_line(line: &[u8]) -> Result<Option<Cow<'_, str>>, ParseError> {
-    let (scan, ascii) = line_check::scan_with_ascii(line);
-    // A line the scan accepts with no byte of 0x80 or more is ASCII, so UTF-8: only the
-    // others get a UTF-8 pass (an invalid line gets one below, for serde_json's explanation).
-    if !(ascii && matches!(scan, line_check::Scan::Valid(_))) {
-        utf8(line)?;
-    }
-    match scan {
+    match scan_utf8(line)? {
         line_check::Scan::Valid(None) => Ok(None),
         line_check::Scan::Valid(Some(span)) => {
             // The value with its quotes: a slice of valid UTF-8 at ASCII bytes.
@@ -899,14 +893,19 @@ pub fn check_line(line: &[u8]) -> Result<Option<Cow<'_, str>>, ParseError> {
 /// do): the per-line test of a download that knows its files' types. `false` means "ask
 /// [`check_line`]", for the type it has or what is wrong with it.
 pub(crate) fn is_valid_of_type(line: &[u8], expected: &str) -> bool {
-    match line_check::scan_with_ascii(line) {
-        (line_check::Scan::Valid(Some(span)), ascii)
-            if !span.escaped && &line[span.start..span.end] == expected.as_bytes() =>
-        {
-            ascii || simdutf8::basic::from_utf8(line).is_ok()
-        }
-        _ => false,
+    matches!(scan_utf8(line), Ok(line_check::Scan::Valid(Some(span)))
+        if !span.escaped && &line[span.start..span.end] == expected.as_bytes())
+}
+
+/// The scan of [`check_line`], and the UTF-8 check of the line (its error) unless the scan
+/// accepted it as ASCII, so UTF-8 as it is: only other lines get a UTF-8 pass (an invalid
+/// line gets one, for serde_json's explanation).
+fn scan_utf8(line: &[u8]) -> Result<line_check::Scan, ParseError> {
+    let (scan, ascii) = line_check::scan_with_ascii(line);
+    if !(ascii && matches!(scan, line_check::Scan::Valid(_))) {
+        utf8(line)?;
     }
+    Ok(scan)
 }
 
 /// UTF-8 of a whole line: the SIMD check, and the standard library's error (with where)
