@@ -265,9 +265,9 @@ pub(crate) fn issues_result(dir: &Path, errors: u64) -> Result<(), CliError> {
 
 /// The export recorded in the directory is already complete: say so, show its summary.
 fn already_complete(dir: &Path, old: JobState, started: Instant) -> Result<(), CliError> {
-    // A run killed after recording the end of its downloads in the journal, before its one
-    // whole write, left the journal: fold it into the header, as that run would have.
-    let old = if StateFile::journal_in(dir).exists() {
+    // A run killed after recording the end of its downloads in the journal, before its
+    // header write, left the mark only there: write the header, as that run would have.
+    let old = if StateFile::header_phase(dir) != Some(Phase::Complete) {
         let mut file = StateFile::new(dir, old);
         file.save()?;
         file.state
@@ -666,10 +666,10 @@ mod tests {
     use crate::state::{FileRecord, UrlId};
     use fhir_bulk::FileKind;
 
-    /// A run killed between the end-of-downloads mark and its one whole write leaves the mark
-    /// in the journal; the rerun that finds the export complete folds it into the header.
+    /// A run killed between the end-of-downloads mark and its header write leaves the mark
+    /// only in the journal; the rerun that finds the export complete writes it to the header.
     #[test]
-    fn an_export_found_complete_folds_a_left_journal() {
+    fn an_export_found_complete_writes_the_mark_into_the_header() {
         let dir = tempfile::tempdir().unwrap();
         let mut file = StateFile::new(dir.path(), JobState::new(Phase::Downloading));
         file.save().unwrap();
@@ -687,12 +687,18 @@ mod tests {
         drop(file);
         let loaded = StateFile::load(dir.path()).unwrap().unwrap();
         assert_eq!(loaded.phase, Phase::Complete);
+        let journal = std::fs::read(StateFile::journal_in(dir.path())).unwrap();
         already_complete(dir.path(), loaded, Instant::now()).unwrap();
-        assert!(!StateFile::journal_in(dir.path()).exists());
         let header: serde_json::Value =
             serde_json::from_slice(&std::fs::read(StateFile::path_in(dir.path())).unwrap())
                 .unwrap();
         assert_eq!(header["phase"], "complete");
-        assert_eq!(header["files"].as_object().unwrap().len(), 1);
+        assert_eq!(
+            std::fs::read(StateFile::journal_in(dir.path())).unwrap(),
+            journal,
+            "the journal, the list of files, is left as it is"
+        );
+        let back = StateFile::load(dir.path()).unwrap().unwrap();
+        assert_eq!((back.phase, back.files.len()), (Phase::Complete, 1));
     }
 }

@@ -40,6 +40,7 @@ mod error;
 mod escape;
 mod export;
 mod history;
+mod journal;
 mod lock;
 mod log;
 mod manifest;

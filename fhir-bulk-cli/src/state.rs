@@ -1,18 +1,18 @@
 //! The job state of one output directory: which export the directory holds, its status URL,
 //! and which files are complete.
 //!
-//! Two files: `fhir-bulk-job.json`, a compact header (the whole state, written atomically: a
-//! synced temporary file renamed over it), and `fhir-bulk-job.journal`, one short JSON array
-//! appended per completed file (`["Patient.1.ndjson","Output","Patient","<url id>",lines,
-//! bytes]`, the NDJSON size last when it differs from the bytes on disk; the URL as the 16
-//! digits of its [`UrlId`]). Finishing a file costs one small append, whatever the number of
-//! files; the end of the downloads is one more line
-//! (`{"phase":"complete","error_issues":N}`, synced before the job is deleted on the server).
-//! The header is written only at the milestones (kick-off, manifest, the end of the run with
-//! the job's deletion, start-up), a constant number of times per run, each time folding the
-//! journal into it and removing the journal: after a complete run only the header is left,
-//! and the whole state (every file's record) was written once in the run. A file's record in
-//! the header is the same short array without its key.
+//! Two files: `fhir-bulk-job.json`, a compact header (the export, the job and its phase,
+//! written atomically: a synced temporary file renamed over it), and `fhir-bulk-job.journal`,
+//! the list of complete files, one short line appended per file as it completes (the format is
+//! in [`crate::journal`]: about 35 bytes a file, the URL as the 16 digits of its [`UrlId`]).
+//! Finishing a file costs one small append, whatever the number of files; the end of the
+//! downloads is one more line (`{"phase":"complete","error_issues":N}`, synced before the job
+//! is deleted on the server). The header is written only at the milestones (kick-off,
+//! manifest, the end of the run with the job's deletion, start-up), a constant number of times
+//! per run, and never holds the files, so a whole run writes each file's record once. The
+//! journal is rewritten whole only when it does not hold exactly the records in memory: a
+//! torn last line, the records of a format 1-3 header (which held the files), or records of
+//! files an earlier manifest listed and this one does not.
 //!
 //! Crash safety: a journal line is written with one `write` after the file it records was
 //! synced and renamed to its final name and its directory synced (the library's
@@ -28,6 +28,7 @@
 //! directory.
 
 use crate::error::CliError;
+use crate::journal::{self, Encoder, Entry};
 use fhir_bulk::{ExportRequest, FileKind, JobHandle};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -42,9 +43,10 @@ pub(crate) const STATE_FILE: &str = "fhir-bulk-job.json";
 /// The journal's name.
 pub(crate) const JOURNAL_FILE: &str = "fhir-bulk-job.journal";
 
-/// The version of the state file's format written: 3, with a file's record as a short array
-/// naming its URL by [`UrlId`] (2: by the URL itself).
-const FORMAT: u32 = 3;
+/// The version of the state file's format written: 4, the header without the files (in the
+/// journal, by group and number). 3: the files in the header too, each a short array naming
+/// its URL by [`UrlId`]; 2: by the URL itself.
+const FORMAT: u32 = 4;
 
 /// The oldest format read (1: a file's record as an object).
 const OLDEST_FORMAT: u32 = 1;
@@ -196,70 +198,14 @@ impl From<AnyRecord> for FileRecord {
     }
 }
 
-/// One journal line as written: `[key, kind, type, url id, resources, bytes(, data_bytes)]`.
-fn journal_line(key: &str, record: &FileRecord) -> serde_json::Result<Vec<u8>> {
-    let mut line = match CompactRecord::from(record.clone()) {
-        CompactRecord::Same(k, t, u, n, b) => serde_json::to_vec(&(key, k, t, u, n, b)),
-        CompactRecord::Compressed(k, t, u, n, b, d) => serde_json::to_vec(&(key, k, t, u, n, b, d)),
-    }?;
-    line.push(b'\n');
-    Ok(line)
-}
-
 /// The journal line that records the end of the downloads: every file is complete and the
 /// error files hold `error_issues` error or fatal issues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct CompleteMark {
+pub(crate) struct CompleteMark {
     /// Always [`Phase::Complete`].
-    phase: Phase,
+    pub(crate) phase: Phase,
     /// Error and fatal issues found in the error files.
-    error_issues: u64,
-}
-
-/// One journal line as read: the compact array, the object of format 1, or the end of the
-/// downloads.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum JournalLine {
-    Compressed(String, FileKind, Option<String>, UrlId, u64, u64, u64),
-    Same(String, FileKind, Option<String>, UrlId, u64, u64),
-    Complete(CompleteMark),
-    Object(JournalRecord),
-}
-
-/// What a journal line records.
-#[derive(Debug)]
-enum JournalEntry {
-    /// A file complete.
-    File(JournalRecord),
-    /// The downloads complete.
-    Complete(CompleteMark),
-}
-
-impl From<JournalLine> for JournalEntry {
-    fn from(line: JournalLine) -> JournalEntry {
-        let (key, record) = match line {
-            JournalLine::Compressed(key, k, t, u, n, b, d) => {
-                (key, AnyRecord::Compressed(k, t, u, n, b, d))
-            }
-            JournalLine::Same(key, k, t, u, n, b) => (key, AnyRecord::Same(k, t, u, n, b)),
-            JournalLine::Complete(mark) => return JournalEntry::Complete(mark),
-            JournalLine::Object(record) => return JournalEntry::File(record),
-        };
-        JournalEntry::File(JournalRecord {
-            key,
-            record: record.into(),
-        })
-    }
-}
-
-/// One journal line of format 1: a file recorded complete under `key`.
-#[derive(Debug, Deserialize)]
-struct JournalRecord {
-    /// The file's path relative to the output directory.
-    key: String,
-    #[serde(flatten)]
-    record: FileRecord,
+    pub(crate) error_issues: u64,
 }
 
 /// What the state file holds.
@@ -283,8 +229,9 @@ pub(crate) struct JobState {
     /// The manifest's `transactionTime`, once known.
     #[serde(default)]
     pub(crate) transaction_time: Option<String>,
-    /// Complete files by their path relative to the output directory (`/`-separated).
-    #[serde(default)]
+    /// Complete files by their path relative to the output directory (`/`-separated). Kept
+    /// in the journal since format 4 (read from the header of formats 1 to 3).
+    #[serde(default, skip_serializing)]
     pub(crate) files: BTreeMap<String, FileRecord>,
     /// Error and fatal issues found in the error files.
     #[serde(default)]
@@ -295,6 +242,11 @@ pub(crate) struct JobState {
     /// When this file was last written.
     #[serde(default)]
     pub(crate) updated_at: String,
+    /// Whether the journal on disk replays to exactly `files` (set by [`StateFile::load`]).
+    /// When not (a new state, a torn last line, the records of an older header, records
+    /// forgotten), the next journal write first rewrites the journal whole.
+    #[serde(skip)]
+    pub(crate) journal_whole: bool,
 }
 
 impl JobState {
@@ -312,6 +264,7 @@ impl JobState {
             error_issues: 0,
             job_deleted: false,
             updated_at: String::new(),
+            journal_whole: false,
         }
     }
 
@@ -364,8 +317,10 @@ pub(crate) struct StateFile {
     dir: PathBuf,
     /// The state; written by [`StateFile::save`] and [`StateFile::record`].
     pub(crate) state: JobState,
-    /// The open journal, once a record was appended since the last header write.
+    /// The journal, open for appending once a line was appended in this run.
     journal: Option<File>,
+    /// The groups defined in the journal by this run.
+    encoder: Encoder,
     /// Records appended since the last sync.
     unsynced: usize,
     last_sync: Instant,
@@ -435,21 +390,36 @@ impl StateFile {
             }
         };
         state.format = FORMAT;
-        for entry in replay(&journal) {
+        let replayed = journal::replay(&journal);
+        state.journal_whole = replayed.whole && state.files.is_empty();
+        for entry in replayed.entries {
             match entry {
-                JournalEntry::File(record) => {
-                    if !is_safe_key(&record.key) {
-                        return Err(unsafe_key(&journal_path, &record.key));
+                Entry::File(key, record) => {
+                    if !is_safe_key(&key) {
+                        return Err(unsafe_key(&journal_path, &key));
                     }
-                    state.files.insert(record.key, record.record);
+                    state.files.insert(key, record);
                 }
-                JournalEntry::Complete(mark) => {
+                Entry::Complete(mark) => {
                     state.phase = mark.phase;
                     state.error_issues = mark.error_issues;
                 }
             }
         }
         Ok(Some(state))
+    }
+
+    /// The phase the header of `dir` records (the journal may record a later one), if it is
+    /// readable.
+    pub(crate) fn header_phase(dir: &Path) -> Option<Phase> {
+        #[derive(Deserialize)]
+        struct Header {
+            phase: Phase,
+        }
+        let text = std::fs::read(Self::path_in(dir)).ok()?;
+        serde_json::from_slice::<Header>(&text)
+            .ok()
+            .map(|h| h.phase)
     }
 
     /// Wraps a state to be saved in `dir`.
@@ -459,6 +429,7 @@ impl StateFile {
             dir: dir.to_path_buf(),
             state,
             journal: None,
+            encoder: Encoder::default(),
             unsynced: 0,
             last_sync: Instant::now(),
             syncing: None,
@@ -470,15 +441,18 @@ impl StateFile {
         &self.path
     }
 
-    /// Writes the whole state (folding the journal into it): the journal is synced, the
-    /// header goes to a temporary file, synced, renamed over the old one, and the journal is
-    /// removed. A crash leaves the old header with the journal (the same records) or the new
-    /// one (with a journal whose records it holds, or none). Synchronous on purpose: an
-    /// interrupted task cannot stop it half-way.
+    /// Writes the header: the journal is synced (first rewritten whole if it does not hold
+    /// exactly [`JobState::files`]), the header goes to a temporary file, synced and renamed
+    /// over the old one. A crash leaves the old header or the new one, with the journal before
+    /// or after its rewrite (the same records, or those and records forgotten since, which
+    /// every run checks again). Synchronous on purpose: an interrupted task cannot stop it
+    /// half-way.
     pub(crate) fn save(&mut self) -> Result<(), CliError> {
         self.sync_now();
+        if !self.state.journal_whole {
+            self.rewrite_journal()?;
+        }
         self.state.updated_at = crate::time::now();
-        // Streamed to the file (a 100,000-file state is megabytes: not built in memory first).
         let state = &self.state;
         write_atomically_with(&self.path, |out| {
             serde_json::to_writer(out, state).map_err(std::io::Error::other)
@@ -488,24 +462,66 @@ impl StateFile {
                 "cannot write the job state {}: {e}",
                 self.path.display()
             ))
+        })
+    }
+
+    /// Writes the journal whole from [`JobState::files`] (and the end of the downloads when
+    /// recorded): a synced temporary file renamed over it, the directory synced. Streamed
+    /// through a buffer: a 100,000-file journal is megabytes, not built in memory first.
+    fn rewrite_journal(&mut self) -> Result<(), CliError> {
+        let path = Self::journal_in(&self.dir);
+        let mut encoder = Encoder::default();
+        let state = &self.state;
+        write_atomically_with(&path, |out| {
+            let mut line = Vec::with_capacity(256);
+            for (key, record) in &state.files {
+                line.clear();
+                encoder
+                    .encode(key, record, &mut line)
+                    .map_err(std::io::Error::other)?;
+                out.write_all(&line)?;
+            }
+            if state.phase == Phase::Complete {
+                let mark = CompleteMark {
+                    phase: Phase::Complete,
+                    error_issues: state.error_issues,
+                };
+                out.write_all(&journal::complete_line(&mark).map_err(std::io::Error::other)?)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| {
+            CliError::Failed(format!(
+                "cannot write the job state {}: {e}",
+                path.display()
+            ))
         })?;
-        // The journal's records are in the header now (an earlier run's journal too).
+        // Appends go to the new file, with its groups; it is synced.
         self.journal = None;
-        let journal = Self::journal_in(&self.dir);
-        match std::fs::remove_file(&journal) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CliError::Failed(format!(
-                "cannot remove {}: {e}",
-                journal.display()
-            ))),
-            _ => Ok(()),
+        self.encoder = encoder;
+        self.unsynced = 0;
+        self.state.journal_whole = true;
+        Ok(())
+    }
+
+    /// Forgets the records of files `listed` does not name (an earlier manifest's), in memory
+    /// and, with the next header write, in the journal.
+    pub(crate) fn forget_unlisted(&mut self, listed: &std::collections::HashSet<String>) {
+        let before = self.state.files.len();
+        self.state.files.retain(|key, _| listed.contains(key));
+        if self.state.files.len() != before {
+            self.state.journal_whole = false;
         }
     }
 
-    /// Records `key` complete: one line appended to the journal, synced with the next batch.
-    /// Call it only once the file is final and durable (a [`fhir_bulk::download::Saver`]
-    /// result).
+    /// Records `key` complete: its line(s) appended to the journal, synced with the next
+    /// batch. Call it only once the file is final and durable (a
+    /// [`fhir_bulk::download::Saver`] result).
     pub(crate) fn record(&mut self, key: &str, record: FileRecord) -> Result<(), CliError> {
-        let line = journal_line(key, &record)
+        self.open_journal()?;
+        let mut line = Vec::with_capacity(128);
+        self.encoder
+            .encode(key, &record, &mut line)
             .map_err(|e| CliError::Failed(format!("cannot encode the job state: {e}")))?;
         self.state.files.insert(key.to_owned(), record);
         self.append(&line)?;
@@ -525,9 +541,9 @@ impl StateFile {
             phase: Phase::Complete,
             error_issues,
         };
-        let mut line = serde_json::to_vec(&mark)
+        let line = journal::complete_line(&mark)
             .map_err(|e| CliError::Failed(format!("cannot encode the job state: {e}")))?;
-        line.push(b'\n');
+        self.open_journal()?;
         self.state.phase = mark.phase;
         self.state.error_issues = error_issues;
         self.append(&line)?;
@@ -536,27 +552,43 @@ impl StateFile {
         Ok(())
     }
 
-    /// Appends one whole line to the journal with one `write`.
+    /// Opens the journal for appending, first rewriting it whole when it does not hold
+    /// exactly the records in memory.
+    fn open_journal(&mut self) -> Result<(), CliError> {
+        if self.journal.is_some() {
+            return Ok(());
+        }
+        if !self.state.journal_whole {
+            self.rewrite_journal()?;
+        }
+        let path = Self::journal_in(&self.dir);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| {
+                CliError::Failed(format!(
+                    "cannot write the job state {}: {e}",
+                    path.display()
+                ))
+            })?;
+        self.journal = Some(file);
+        Ok(())
+    }
+
+    /// Appends whole lines to the open journal with one `write`.
     fn append(&mut self, line: &[u8]) -> Result<(), CliError> {
-        let journal = Self::journal_in(&self.dir);
-        let failed = |e: std::io::Error| {
+        let Some(file) = &mut self.journal else {
+            return Err(CliError::Failed(
+                "the job state's journal is not open".into(),
+            ));
+        };
+        file.write_all(line).map_err(|e| {
             CliError::Failed(format!(
                 "cannot write the job state {}: {e}",
-                journal.display()
+                Self::journal_in(&self.dir).display()
             ))
-        };
-        if self.journal.is_none() {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&journal)
-                .map_err(failed)?;
-            self.journal = Some(file);
-        }
-        if let Some(file) = &mut self.journal {
-            file.write_all(line).map_err(failed)?;
-        }
-        Ok(())
+        })
     }
 
     /// The journal to sync (a second handle), if records were appended since the last sync.
@@ -617,22 +649,6 @@ pub(crate) fn sync_dir(dir: &Path) {
     }
     #[cfg(not(unix))]
     let _ = dir;
-}
-
-/// The entries of a journal, in order, up to the first line that is not a whole entry (a
-/// torn write: the process died in the middle of it).
-fn replay(journal: &[u8]) -> Vec<JournalEntry> {
-    let mut records = Vec::new();
-    let mut rest = journal;
-    while let Some(end) = rest.iter().position(|&b| b == b'\n') {
-        let (line, tail) = rest.split_at(end);
-        rest = &tail[1..];
-        match serde_json::from_slice::<JournalLine>(line) {
-            Ok(record) => records.push(record.into()),
-            Err(_) => break,
-        }
-    }
-    records
 }
 
 /// Writes `data` to `path` through a synced temporary file and a rename, then syncs the
@@ -806,18 +822,27 @@ mod tests {
         );
         let journal = std::fs::read(StateFile::journal_in(dir.path())).unwrap();
         let lines: Vec<&[u8]> = journal.split(|&b| b == b'\n').collect();
-        assert!(lines[0].starts_with(b"[\"Patient.0.ndjson\",\"Output\",\"Patient\","));
-        assert!(journal.len() < 300 * 70, "{} bytes", journal.len());
+        assert!(lines[0].starts_with(b"{\"group\":0,"));
+        let id = format!("{:?}", UrlId::of("http://h/1"));
+        assert_eq!(lines[2], format!("[0,1,\"{id}\",2,100]").as_bytes());
+        // One group line, then about 35 bytes a file (those with gzip's size 5 more).
+        assert!(journal.len() < 100 + 300 * 36, "{} bytes", journal.len());
         file.save().unwrap();
+        assert_eq!(
+            std::fs::read(StateFile::journal_in(dir.path())).unwrap(),
+            journal,
+            "the journal holds the files: a header write leaves it as it is"
+        );
+        let header = std::fs::read_to_string(file.path()).unwrap();
         assert!(
-            !StateFile::journal_in(dir.path()).exists(),
-            "the journal is folded into the header and removed"
+            !header.contains("Patient."),
+            "no file in the header: {header}"
         );
         let back = StateFile::load(dir.path()).unwrap().unwrap();
         assert_eq!(back.files, file.state.files);
         assert_eq!(back.files["Patient.0.ndjson"].data_bytes, 1_000);
         assert_eq!(back.files["Patient.1.ndjson"].data_bytes, 100);
-        // Another record after a header write starts a new journal.
+        // Another record after a header write goes on appending.
         file.record("Patient.300.ndjson", record("http://h/300"))
             .unwrap();
         assert_eq!(
@@ -860,10 +885,13 @@ mod tests {
         let back = StateFile::load(dir.path()).unwrap().unwrap();
         assert_eq!((back.phase, back.files.len()), (Phase::Downloading, 3));
         std::fs::write(StateFile::journal_in(dir.path()), &journal).unwrap();
-        // The one header write folds it all in.
+        // The one header write after it; the journal stays the list of files.
         file.state.job_deleted = true;
         file.save().unwrap();
-        assert!(!StateFile::journal_in(dir.path()).exists());
+        assert_eq!(
+            std::fs::read_to_string(StateFile::journal_in(dir.path())).unwrap(),
+            journal
+        );
         let back = StateFile::load(dir.path()).unwrap().unwrap();
         assert_eq!(back.phase, Phase::Complete);
         assert_eq!(back.error_issues, 7);
@@ -919,15 +947,26 @@ mod tests {
         let state = StateFile::load(dir.path()).unwrap().unwrap();
         assert_eq!(state.files["Patient.1.ndjson"], record("http://h/1"));
         assert_eq!(state.files["Patient.2.ndjson"], record("http://h/2"));
-        // Written back as format 3: the ids, 16 hex digits, read back the same.
+        assert!(!state.journal_whole, "the header held files");
+        // Written back as format 4: the header without files, the journal with every record,
+        // the ids as 16 hex digits, read back the same.
         let mut file = StateFile::new(dir.path(), state.clone());
         file.save().unwrap();
         let text = std::fs::read_to_string(file.path()).unwrap();
-        assert!(!text.contains("http://h/"), "{text}");
+        assert!(
+            !text.contains("http://h/") && !text.contains("Patient."),
+            "{text}"
+        );
+        let journal = std::fs::read_to_string(StateFile::journal_in(dir.path())).unwrap();
         let id = format!("{:016x}", UrlId::of("http://h/1").0);
-        assert!(text.contains(&format!("[\"Output\",\"Patient\",\"{id}\",2,100]")));
+        assert!(
+            journal.contains(&format!("\n[0,1,\"{id}\",2,100]\n")),
+            "{journal}"
+        );
+        assert!(!journal.contains("http://h/"), "{journal}");
         let back = StateFile::load(dir.path()).unwrap().unwrap();
-        assert_eq!((back.format, back.files), (3, state.files));
+        assert!(back.journal_whole);
+        assert_eq!((back.format, back.files), (4, state.files));
     }
 
     #[test]
@@ -938,8 +977,17 @@ mod tests {
             .files
             .insert("Patient.1.ndjson".into(), record("http://h/1"));
         file.save().unwrap();
-        let line = |key: &str| journal_line(key, &record("http://h/x")).unwrap();
-        let mut journal = line("Patient.2.ndjson");
+        let mut encoder = Encoder::default();
+        let mut line = |key: &str| {
+            let mut line = Vec::new();
+            encoder
+                .encode(key, &record("http://h/x"), &mut line)
+                .unwrap();
+            line
+        };
+        // After the journal the header write left (Patient.1).
+        let mut journal = std::fs::read(StateFile::journal_in(dir.path())).unwrap();
+        journal.extend(line("Patient.2.ndjson"));
         let torn = line("Patient.3.ndjson");
         for cut in 0..torn.len() {
             let mut bytes = journal.clone();
@@ -956,6 +1004,63 @@ mod tests {
         journal.extend_from_slice(&torn);
         std::fs::write(StateFile::journal_in(dir.path()), &journal).unwrap();
         assert_eq!(StateFile::load(dir.path()).unwrap().unwrap().files.len(), 3);
+    }
+
+    /// A run that found a torn last line rewrites the journal before appending to it: a line
+    /// appended after the torn one would be lost on the next load.
+    #[test]
+    fn records_after_a_torn_line_are_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = StateFile::new(dir.path(), JobState::new(Phase::Downloading));
+        file.save().unwrap();
+        file.record("Patient.1.ndjson", record("http://h/1"))
+            .unwrap();
+        drop(file);
+        let journal = StateFile::journal_in(dir.path());
+        let mut bytes = std::fs::read(&journal).unwrap();
+        bytes.extend_from_slice(b"[0,2,\"01234");
+        std::fs::write(&journal, &bytes).unwrap();
+        let state = StateFile::load(dir.path()).unwrap().unwrap();
+        assert!(!state.journal_whole);
+        let mut file = StateFile::new(dir.path(), state);
+        file.record("Patient.3.ndjson", record("http://h/3"))
+            .unwrap();
+        let back = StateFile::load(dir.path()).unwrap().unwrap();
+        assert!(back.journal_whole);
+        let keys: Vec<&String> = back.files.keys().collect();
+        assert_eq!(keys, ["Patient.1.ndjson", "Patient.3.ndjson"]);
+        // A load of a whole journal appends to it as it is.
+        let before = std::fs::read(&journal).unwrap();
+        let mut file = StateFile::new(dir.path(), back);
+        file.record("Patient.4.ndjson", record("http://h/4"))
+            .unwrap();
+        let after = std::fs::read(&journal).unwrap();
+        assert_eq!(&after[..before.len()], &before[..]);
+        assert_eq!(StateFile::load(dir.path()).unwrap().unwrap().files.len(), 3);
+    }
+
+    /// Records forgotten (files an earlier manifest listed) leave the journal with the next
+    /// header write; with nothing forgotten the journal is not rewritten.
+    #[test]
+    fn forgotten_records_leave_the_journal_at_the_next_header_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = StateFile::new(dir.path(), JobState::new(Phase::Downloading));
+        for i in 1..=3 {
+            file.record(&format!("Patient.{i}.ndjson"), record("http://h/1"))
+                .unwrap();
+        }
+        let journal = StateFile::journal_in(dir.path());
+        let before = std::fs::read(&journal).unwrap();
+        let all: std::collections::HashSet<String> = file.state.files.keys().cloned().collect();
+        file.forget_unlisted(&all);
+        file.save().unwrap();
+        assert_eq!(std::fs::read(&journal).unwrap(), before);
+        let listed = ["Patient.2.ndjson".to_owned()].into_iter().collect();
+        file.forget_unlisted(&listed);
+        file.save().unwrap();
+        let back = StateFile::load(dir.path()).unwrap().unwrap();
+        let keys: Vec<&String> = back.files.keys().collect();
+        assert_eq!(keys, ["Patient.2.ndjson"]);
     }
 
     #[test]
@@ -993,7 +1098,10 @@ mod tests {
 
         let mut file = StateFile::new(dir.path(), JobState::new(Phase::Downloading));
         file.save().unwrap();
-        let line = journal_line("/tmp/x", &record("http://h/1")).unwrap();
+        let mut line = Vec::new();
+        Encoder::default()
+            .encode("/tmp/x", &record("http://h/1"), &mut line)
+            .unwrap();
         std::fs::write(StateFile::journal_in(dir.path()), line).unwrap();
         let err = StateFile::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("/tmp/x"), "{err}");

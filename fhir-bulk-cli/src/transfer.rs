@@ -206,6 +206,8 @@ impl<'a> Downloads<'a> {
                 self.reporter
                     .detail(&format!("{} is already complete", relative.display()));
             } else {
+                // Not trusted in this run; its line stays in the journal until the new one
+                // supersedes it, and is checked again by any later run.
                 state.state.files.remove(&key);
                 wanted.push(true);
                 queued += 1;
@@ -289,7 +291,7 @@ impl<'a> Downloads<'a> {
             let listed: HashSet<String> = file_names(export, self.gzip)
                 .map(|(_, relative)| state::key(&relative))
                 .collect();
-            state.state.files.retain(|key, _| listed.contains(key));
+            state.forget_unlisted(&listed);
         }
         state.save()?;
         let early = self.offered.len();

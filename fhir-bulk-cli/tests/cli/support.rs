@@ -136,6 +136,38 @@ pub(crate) fn state(dir: &Path) -> Value {
     serde_json::from_str(&read(&dir.join("fhir-bulk-job.json"))).unwrap()
 }
 
+/// The files the job state of `dir` records complete, read from its journal (see the CLI's
+/// `journal` module for the lines), which must be whole: every line a group definition, a
+/// record of a defined group, or the end-of-downloads mark.
+pub(crate) fn recorded_files(dir: &Path) -> std::collections::BTreeSet<String> {
+    let journal = read(&dir.join("fhir-bulk-job.journal"));
+    assert!(
+        journal.is_empty() || journal.ends_with('\n'),
+        "torn: {journal}"
+    );
+    let mut groups = std::collections::HashMap::new();
+    let mut files = std::collections::BTreeSet::new();
+    for line in journal.lines() {
+        let line: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        if let Some(group) = line.get("group") {
+            groups.insert(group.as_u64().unwrap(), line.clone());
+        } else if let Some(record) = line.as_array() {
+            let group = &groups[&record[0].as_u64().unwrap()];
+            files.insert(match &record[1] {
+                Value::Number(n) => format!(
+                    "{}.{n}.{}",
+                    group["prefix"].as_str().unwrap(),
+                    group["ext"].as_str().unwrap()
+                ),
+                key => key.as_str().unwrap().to_owned(),
+            });
+        } else {
+            assert_eq!(line["phase"], "complete", "{line}");
+        }
+    }
+    files
+}
+
 pub(crate) fn kickoffs(server: &TestServer) -> Vec<RecordedRequest> {
     server
         .requests()
