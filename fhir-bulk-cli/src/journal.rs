@@ -175,77 +175,54 @@ pub(crate) fn replay(journal: &[u8]) -> Replayed {
         let Ok(line) = serde_json::from_slice::<Line>(&rest[..end]) else {
             break;
         };
-        let (group, part, url, resources, bytes, data_bytes) = match line {
-            Line::Group(line) => {
-                groups.insert(line.group, line.def);
-                rest = &rest[end + 1..];
-                continue;
-            }
-            Line::Compressed(g, p, u, n, b, d) => (g, p, u, n, b, d),
-            Line::Same(g, p, u, n, b) => (g, p, u, n, b, b),
-            Line::Complete(mark) => {
-                entries.push(Entry::Complete(mark));
-                rest = &rest[end + 1..];
-                continue;
-            }
-            Line::KeyedCompressed(key, kind, resource_type, url, resources, bytes, data_bytes) => {
-                let record = FileRecord {
-                    kind,
-                    resource_type,
-                    url,
-                    resources,
-                    bytes,
-                    data_bytes,
-                };
-                entries.push(Entry::File(key, record));
-                rest = &rest[end + 1..];
-                continue;
-            }
-            Line::KeyedSame(key, kind, resource_type, url, resources, bytes) => {
-                let record = FileRecord {
-                    kind,
-                    resource_type,
-                    url,
-                    resources,
-                    bytes,
-                    data_bytes: bytes,
-                };
-                entries.push(Entry::File(key, record));
-                rest = &rest[end + 1..];
-                continue;
-            }
-            Line::Object(keyed) => {
-                entries.push(Entry::File(keyed.key, keyed.record));
-                rest = &rest[end + 1..];
-                continue;
-            }
-        };
-        // A record of a group never defined is not a line fhir-bulk wrote.
-        let Some(def) = groups.get(&group) else {
-            break;
-        };
-        let key = match part {
-            KeyPart::Number(n) if !def.prefix.is_empty() => {
-                format!("{}.{n}.{}", def.prefix, def.ext)
-            }
-            KeyPart::Key(key) if def.prefix.is_empty() => key,
-            _ => break,
-        };
-        let record = FileRecord {
-            kind: def.kind,
-            resource_type: def.resource_type.clone(),
-            url,
-            resources,
-            bytes,
-            data_bytes,
-        };
-        entries.push(Entry::File(key, record));
+        match read(line, &mut groups) {
+            Ok(Some(entry)) => entries.push(entry),
+            Ok(None) => {}
+            Err(NotWritten) => break,
+        }
         rest = &rest[end + 1..];
     }
     Replayed {
         entries,
         whole: rest.is_empty(),
     }
+}
+
+/// A line that parses but is not one fhir-bulk writes (a record of a group never defined).
+struct NotWritten;
+
+/// The entry a line adds (none for a group's definition, which goes to `groups`).
+fn read(line: Line, groups: &mut HashMap<u32, Group>) -> Result<Option<Entry>, NotWritten> {
+    let ((key, kind, resource_type), url, resources, bytes, data_bytes) = match line {
+        Line::Group(line) => {
+            groups.insert(line.group, line.def);
+            return Ok(None);
+        }
+        Line::Complete(mark) => return Ok(Some(Entry::Complete(mark))),
+        Line::Object(keyed) => return Ok(Some(Entry::File(keyed.key, keyed.record))),
+        Line::Compressed(g, p, u, n, b, d) => (grouped(groups, g, p)?, u, n, b, d),
+        Line::Same(g, p, u, n, b) => (grouped(groups, g, p)?, u, n, b, b),
+        Line::KeyedCompressed(key, k, t, u, n, b, d) => ((key, k, t), u, n, b, d),
+        Line::KeyedSame(key, k, t, u, n, b) => ((key, k, t), u, n, b, b),
+    };
+    let record = FileRecord::from((kind, resource_type, url, resources, bytes, data_bytes));
+    Ok(Some(Entry::File(key, record)))
+}
+
+/// The key, kind and type of a record of `group`: a number for a group of numbered keys, a
+/// whole key for a group of keys written whole.
+fn grouped(
+    groups: &HashMap<u32, Group>,
+    group: u32,
+    part: KeyPart,
+) -> Result<(String, FileKind, Option<String>), NotWritten> {
+    let def = groups.get(&group).ok_or(NotWritten)?;
+    let key = match part {
+        KeyPart::Number(n) if !def.prefix.is_empty() => format!("{}.{n}.{}", def.prefix, def.ext),
+        KeyPart::Key(key) if def.prefix.is_empty() => key,
+        _ => return Err(NotWritten),
+    };
+    Ok((key, def.kind, def.resource_type.clone()))
 }
 
 #[cfg(test)]

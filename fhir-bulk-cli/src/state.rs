@@ -187,6 +187,22 @@ impl From<AnyRecord> for FileRecord {
                 data_bytes,
             } => (kind, resource_type, url, resources, bytes, data_bytes),
         };
+        FileRecord::from((kind, resource_type, url, resources, bytes, data_bytes))
+    }
+}
+
+/// A record from its fields in their written order.
+impl From<(FileKind, Option<String>, UrlId, u64, u64, u64)> for FileRecord {
+    fn from(
+        (kind, resource_type, url, resources, bytes, data_bytes): (
+            FileKind,
+            Option<String>,
+            UrlId,
+            u64,
+            u64,
+            u64,
+        ),
+    ) -> FileRecord {
         FileRecord {
             kind,
             resource_type,
