@@ -486,6 +486,9 @@ impl StateFile {
     /// through a buffer: a 100,000-file journal is megabytes, not built in memory first.
     fn rewrite_journal(&mut self) -> Result<(), CliError> {
         let path = Self::journal_in(&self.dir);
+        // Closed before the rename over it (which some systems refuse for an open file);
+        // appends go to the new file, with its groups.
+        self.journal = None;
         let mut encoder = Encoder::default();
         let state = &self.state;
         write_atomically_with(&path, |out| {
@@ -512,8 +515,7 @@ impl StateFile {
                 path.display()
             ))
         })?;
-        // Appends go to the new file, with its groups; it is synced.
-        self.journal = None;
+        // The new file is synced.
         self.encoder = encoder;
         self.unsynced = 0;
         self.state.journal_whole = true;
