@@ -473,12 +473,7 @@ impl StateFile {
         write_atomically_with(&self.path, |out| {
             serde_json::to_writer(out, state).map_err(std::io::Error::other)
         })
-        .map_err(|e| {
-            CliError::Failed(format!(
-                "cannot write the job state {}: {e}",
-                self.path.display()
-            ))
-        })
+        .map_err(|e| state_failed(&self.path, &e))
     }
 
     /// Writes the journal whole from [`JobState::files`] (and the end of the downloads when
@@ -509,12 +504,7 @@ impl StateFile {
             }
             Ok(())
         })
-        .map_err(|e| {
-            CliError::Failed(format!(
-                "cannot write the job state {}: {e}",
-                path.display()
-            ))
-        })?;
+        .map_err(|e| state_failed(&path, &e))?;
         // The new file is synced.
         self.encoder = encoder;
         self.unsynced = 0;
@@ -570,43 +560,33 @@ impl StateFile {
         Ok(())
     }
 
-    /// Opens the journal for appending, first rewriting it whole when it does not hold
-    /// exactly the records in memory.
-    fn open_journal(&mut self) -> Result<(), CliError> {
-        if self.journal.is_some() {
-            return Ok(());
-        }
-        if !self.state.journal_whole {
-            self.rewrite_journal()?;
-        }
-        let path = Self::journal_in(&self.dir);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| {
-                CliError::Failed(format!(
-                    "cannot write the job state {}: {e}",
-                    path.display()
-                ))
-            })?;
-        self.journal = Some(file);
-        Ok(())
+    /// The journal open for appending, first rewritten whole when it does not hold exactly
+    /// the records in memory (so call it before encoding a line: a rewrite starts the groups
+    /// again).
+    fn open_journal(&mut self) -> Result<&mut File, CliError> {
+        let file = match self.journal.take() {
+            Some(file) => file,
+            None => {
+                if !self.state.journal_whole {
+                    self.rewrite_journal()?;
+                }
+                let path = Self::journal_in(&self.dir);
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| state_failed(&path, &e))?
+            }
+        };
+        Ok(self.journal.insert(file))
     }
 
-    /// Appends whole lines to the open journal with one `write`.
+    /// Appends whole lines to the journal with one `write`.
     fn append(&mut self, line: &[u8]) -> Result<(), CliError> {
-        let Some(file) = &mut self.journal else {
-            return Err(CliError::Failed(
-                "the job state's journal is not open".into(),
-            ));
-        };
-        file.write_all(line).map_err(|e| {
-            CliError::Failed(format!(
-                "cannot write the job state {}: {e}",
-                Self::journal_in(&self.dir).display()
-            ))
-        })
+        let path = Self::journal_in(&self.dir);
+        self.open_journal()?
+            .write_all(line)
+            .map_err(|e| state_failed(&path, &e))
     }
 
     /// The journal to sync (a second handle), if records were appended since the last sync.
@@ -649,6 +629,14 @@ impl StateFile {
         }
         Ok(())
     }
+}
+
+/// The error for a state file (the header or the journal) that cannot be written.
+fn state_failed(path: &Path, e: &std::io::Error) -> CliError {
+    CliError::Failed(format!(
+        "cannot write the job state {}: {e}",
+        path.display()
+    ))
 }
 
 /// Syncs a journal; a failure only costs durability against a power cut (the files are
