@@ -700,5 +700,12 @@ mod tests {
         );
         let back = StateFile::load(dir.path()).unwrap().unwrap();
         assert_eq!((back.phase, back.files.len()), (Phase::Complete, 1));
+        // Once the header says complete, a rerun writes nothing (its time would change).
+        let header = std::fs::read(StateFile::path_in(dir.path())).unwrap();
+        already_complete(dir.path(), back, Instant::now()).unwrap();
+        assert_eq!(
+            std::fs::read(StateFile::path_in(dir.path())).unwrap(),
+            header
+        );
     }
 }

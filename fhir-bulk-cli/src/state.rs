@@ -833,12 +833,22 @@ mod tests {
         assert_eq!(lines[2], format!("[0,1,\"{id}\",2,100]").as_bytes());
         // One group line, then about 35 bytes a file (those with gzip's size 5 more).
         assert!(journal.len() < 100 + 300 * 36, "{} bytes", journal.len());
+        #[cfg(unix)]
+        let inode = |path: PathBuf| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(path).unwrap().ino()
+        };
+        #[cfg(unix)]
+        let before = inode(StateFile::journal_in(dir.path()));
         file.save().unwrap();
         assert_eq!(
             std::fs::read(StateFile::journal_in(dir.path())).unwrap(),
             journal,
             "the journal holds the files: a header write leaves it as it is"
         );
+        // Not rewritten either (a rewrite is a new file renamed over it).
+        #[cfg(unix)]
+        assert_eq!(inode(StateFile::journal_in(dir.path())), before);
         let header = std::fs::read_to_string(file.path()).unwrap();
         assert!(
             !header.contains("Patient."),
