@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// What records of one group share.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Group {
     kind: FileKind,
     #[serde(rename = "type")]
@@ -67,7 +67,9 @@ fn split_key(key: &str) -> Option<(&str, u32, &str)> {
 /// journal being written.
 #[derive(Debug, Default)]
 pub(crate) struct Encoder {
-    groups: HashMap<Group, u32>,
+    /// The groups defined, by number: a few (one per kind, type and extension), searched
+    /// without building a key per record.
+    groups: Vec<Group>,
 }
 
 impl Encoder {
@@ -83,15 +85,21 @@ impl Encoder {
             Some((prefix, n, ext)) => (prefix, KeyPart::Number(n), ext),
             None => ("", KeyPart::Key(key.to_owned()), ""),
         };
-        let def = Group {
-            kind: record.kind,
-            resource_type: record.resource_type.clone(),
-            prefix: prefix.to_owned(),
-            ext: ext.to_owned(),
-        };
-        let group = match self.groups.get(&def) {
-            Some(&group) => group,
+        let found = self.groups.iter().position(|g| {
+            g.kind == record.kind
+                && g.resource_type == record.resource_type
+                && g.prefix == prefix
+                && g.ext == ext
+        });
+        let index = match found {
+            Some(index) => index,
             None => {
+                let def = Group {
+                    kind: record.kind,
+                    resource_type: record.resource_type.clone(),
+                    prefix: prefix.to_owned(),
+                    ext: ext.to_owned(),
+                };
                 let group = u32::try_from(self.groups.len()).unwrap_or(u32::MAX);
                 serde_json::to_writer(
                     &mut *out,
@@ -101,10 +109,11 @@ impl Encoder {
                     },
                 )?;
                 out.push(b'\n');
-                self.groups.insert(def, group);
-                group
+                self.groups.push(def);
+                self.groups.len() - 1
             }
         };
+        let group = u32::try_from(index).unwrap_or(u32::MAX);
         let r = record;
         if r.data_bytes == r.bytes {
             serde_json::to_writer(&mut *out, &(group, part, r.url, r.resources, r.bytes))?;
