@@ -28,7 +28,7 @@
 
 use super::body::ResumeFrom;
 use super::lines::{LineEvent, LineStart, line_reader_from};
-use super::write_behind::{Target, WriteBehind};
+use super::write_behind::{Encoder, Target, WriteBehind, encoder, put};
 use super::{
     DownloadOptions, InvalidLines, check_count, check_raw_line, info_for, line_error, request_for,
 };
@@ -36,13 +36,10 @@ use crate::client::BulkClient;
 use crate::error::{Error, LineErrorKind, Result};
 use crate::manifest::{CompletedExport, ExportFile, FileKind};
 use crate::ndjson::Checkpoint;
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use reqwest::header::HeaderValue;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -544,25 +541,26 @@ async fn remove_part(part: &Path) {
     let _ = tokio::fs::remove_file(sidecar_path(part)).await;
 }
 
-/// Buffers, optionally compresses, and writes lines to a file; records how to resume it.
+/// Buffers lines and writes them to a file (compressed on the way, for a gzip save); records
+/// how to resume it.
 struct Sink {
-    /// The `.part`, written behind: the next buffer fills while the last one is written.
+    /// The `.part`, written behind: the next buffer fills while the last one is written (and
+    /// compressed, for a gzip save, on the same trip to the blocking pool).
     file: WriteBehind,
     path: PathBuf,
-    /// The encoder of the current gzip member.
-    gzip: Option<GzEncoder<Vec<u8>>>,
-    /// NDJSON bytes given to the current gzip member.
+    /// Whether the `.part` is gzip ([`SaveOptions::gzip`]).
+    gzip: bool,
+    /// NDJSON bytes given to the current gzip member (buffered ones included).
     member_in: u64,
+    /// Lines not handed to the file yet.
     buffer: Vec<u8>,
-    /// Bytes handed to the file (written, or being written).
-    written: u64,
-    /// Where the save stands after the last buffered (or compressed) line.
+    /// Where the save stands after the last buffered line.
     pending: Option<Place>,
-    /// Where the save will stand once the running write is in the file, with the `.part`'s
-    /// size then: recorded in the sidecar once that write is done (when the next write starts,
-    /// or at once for a gzip member end), so a sidecar never names bytes the file may not
-    /// have yet.
-    behind: Option<(Place, u64)>,
+    /// Where the save will stand once the running write is in the file: recorded in the
+    /// sidecar once that write is done (when the next write starts, or at once for a gzip
+    /// member end), with the `.part`'s size then, so a sidecar never names bytes the file may
+    /// not have yet.
+    behind: Option<Place>,
     /// For the sidecar: the file URL without its query, and the validator of the
     /// representation being read when it can be resumed with a range.
     url: String,
@@ -582,13 +580,35 @@ const FLUSH_AT: usize = 256 * 1024;
 /// of the system time of a 1 GB download without syncs).
 const CHECKPOINT_BYTES: u64 = 1024 * 1024;
 
-/// NDJSON bytes per gzip member of a [`SaveOptions::gzip`] save: each member end is a resume
-/// point. Deflate's window is 32 KiB, so a new member every MiB costs little of the
-/// compressed size (1.5% on a synthetic file that compresses 11x, `tests/gzip_resume.rs`).
+/// NDJSON bytes per gzip member of a [`SaveOptions::gzip`] save, at least (a member ends with
+/// the first buffer written past it): each member end is a resume point. Deflate's window is
+/// 32 KiB, so a new member every MiB costs little of the compressed size (1.5% on a synthetic
+/// file that compresses 11x, `tests/gzip_resume.rs`).
 pub(crate) const GZIP_MEMBER_BYTES: u64 = 1024 * 1024;
 
-fn encoder() -> GzEncoder<Vec<u8>> {
-    GzEncoder::new(Vec::new(), Compression::default())
+/// A written file's last bytes, handed to the trip that syncs or finishes it.
+#[derive(Debug)]
+pub(super) struct Tail {
+    /// The lines not written yet (NDJSON, compressed by that trip for a gzip save).
+    lines: Vec<u8>,
+    /// A gzip save's current member, to compress `lines` into and end; `None` for NDJSON,
+    /// and for a gzip file ending at a member end (nothing since: no empty member). Boxed:
+    /// a deflate state's fields are large to move around with every written file.
+    member: Option<Box<Encoder>>,
+    /// The `.part`'s length before the tail.
+    part_len: u64,
+}
+
+impl Tail {
+    /// An NDJSON file's tail: `lines` after the `.part`'s `part_len` bytes.
+    #[cfg(test)]
+    fn ndjson(lines: Vec<u8>, part_len: u64) -> Tail {
+        Tail {
+            lines,
+            member: None,
+            part_len,
+        }
+    }
 }
 
 impl Sink {
@@ -598,12 +618,11 @@ impl Sink {
     /// costs no trip to the blocking pool of its own before its last.
     fn create(path: &Path, target: Target, gzip: bool, url: String) -> Sink {
         Sink {
-            file: WriteBehind::new(target),
+            file: WriteBehind::new(target, 0, gzip.then(encoder)),
             path: path.to_owned(),
-            gzip: gzip.then(encoder),
+            gzip,
             member_in: 0,
             buffer: Vec::new(), // grows to FLUSH_AT for a big file; a one-line file needs a few bytes
-            written: 0,
             pending: None,
             behind: None,
             url,
@@ -627,13 +646,13 @@ impl Sink {
         tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::End(0))
             .await
             .map_err(|e| io_error("seeking", path, e))?;
+        let target = Target::Open(file.into_std().await);
         Ok(Sink {
-            file: WriteBehind::new(Target::Open(file.into_std().await)),
+            file: WriteBehind::new(target, state.part_bytes, state.gzip.then(encoder)),
             path: path.to_owned(),
-            gzip: state.gzip.then(encoder),
+            gzip: state.gzip,
             member_in: 0,
             buffer: Vec::with_capacity(FLUSH_AT),
-            written: state.part_bytes,
             pending: None,
             behind: None,
             url: state.url.clone(),
@@ -643,46 +662,41 @@ impl Sink {
         })
     }
 
-    /// Buffers (or compresses) one line; `place` is where the save stands once it is
-    /// written. Whether a write is due: then call [`write_due`](Self::write_due) before the
-    /// next line (a line's path costs no future when none is).
+    /// Buffers one line; `place` is where the save stands once it is written. Whether a
+    /// write is due: then call [`write_due`](Self::write_due) before the next line (a line's
+    /// path costs no future when none is).
     fn buffer_line(&mut self, line: &[u8], place: Place) -> Result<bool> {
         self.pending = Some(place);
-        match &mut self.gzip {
-            Some(encoder) => {
-                encoder
-                    .write_all(line)
-                    .and_then(|()| encoder.write_all(b"\n"))
-                    .map_err(|e| io_error("compressing", &self.path, e))?;
-                self.member_in += line.len() as u64 + 1;
-                Ok(self.member_in >= GZIP_MEMBER_BYTES || encoder.get_ref().len() >= FLUSH_AT)
-            }
-            None => {
-                self.buffer.extend_from_slice(line);
-                self.buffer.push(b'\n');
-                Ok(self.buffer.len() >= FLUSH_AT)
-            }
+        self.buffer.extend_from_slice(line);
+        self.buffer.push(b'\n');
+        if self.gzip {
+            self.member_in += line.len() as u64 + 1;
         }
+        Ok(self.buffer.len() >= FLUSH_AT)
     }
 
-    /// The write [`buffer_line`](Self::buffer_line) said is due: the buffer, a gzip member
-    /// that is full, or the compressed part of one.
+    /// The write [`buffer_line`](Self::buffer_line) said is due: the buffer, which for a
+    /// gzip save ends the member once it holds [`GZIP_MEMBER_BYTES`].
     async fn write_due(&mut self) -> Result<()> {
-        match &mut self.gzip {
-            Some(_) if self.member_in >= GZIP_MEMBER_BYTES => self.end_member().await,
-            Some(encoder) if encoder.get_ref().len() >= FLUSH_AT => {
-                // Part of a member: not a place to resume from.
-                let chunk = std::mem::take(encoder.get_mut());
-                let spare = self.write(chunk, None).await?;
-                if let Some(encoder) = &mut self.gzip {
-                    *encoder.get_mut() = spare;
-                }
-                Ok(())
-            }
-            Some(_) => Ok(()),
-            None if self.buffer.len() >= FLUSH_AT => self.flush().await,
-            None => Ok(()),
+        if self.buffer.len() < FLUSH_AT {
+            return Ok(());
         }
+        let chunk = std::mem::take(&mut self.buffer);
+        let end_member = self.gzip && self.member_in >= GZIP_MEMBER_BYTES;
+        // Inside a gzip member is not a place to resume from.
+        let place = self.pending.take().filter(|_| !self.gzip || end_member);
+        self.buffer = self.write(chunk, place, end_member).await?;
+        if end_member {
+            self.member_in = 0;
+            // A member end is where a gzip save resumes: recorded as soon as the member is in
+            // the file (once per MiB of NDJSON), not at the next write, a member later.
+            self.file
+                .wait()
+                .await
+                .map_err(|e| io_error("writing", &self.path, e))?;
+            self.record_behind()?;
+        }
+        Ok(())
     }
 
     /// Buffers one line and writes what is due.
@@ -694,60 +708,34 @@ impl Sink {
         Ok(())
     }
 
-    /// Ends the current gzip member and writes it; the save can resume after it.
-    async fn end_member(&mut self) -> Result<()> {
-        let Some(encoder) = self.gzip.replace(encoder()) else {
-            return Ok(());
-        };
-        self.member_in = 0;
-        let member = encoder
-            .finish()
-            .map_err(|e| io_error("compressing", &self.path, e))?;
-        let place = self.pending.take();
-        self.write(member, place).await?;
-        // A member end is where a gzip save resumes: recorded as soon as the member is in the
-        // file (once per MiB of NDJSON), not at the next write, a member later.
-        self.file
-            .wait()
-            .await
-            .map_err(|e| io_error("writing", &self.path, e))?;
-        self.record_behind()
-    }
-
-    /// Writes the buffered lines; the save can resume after them.
-    async fn flush(&mut self) -> Result<()> {
-        let chunk = std::mem::take(&mut self.buffer);
-        let place = self.pending.take();
-        self.buffer = self.write(chunk, place).await?;
-        Ok(())
-    }
-
     /// Hands `data` to the file once the running write is done, and records in the sidecar
     /// how to resume after that running write (its bytes are in the file now). `place`,
-    /// when the data ends at a place to resume from, is recorded by the next write.
+    /// when the data ends at a place to resume from, is recorded once this write is in.
     /// Returns an empty buffer to fill next.
-    async fn write(&mut self, data: Vec<u8>, place: Option<Place>) -> Result<Vec<u8>> {
-        let len = data.len() as u64;
+    async fn write(
+        &mut self,
+        data: Vec<u8>,
+        place: Option<Place>,
+        end_member: bool,
+    ) -> Result<Vec<u8>> {
         let spare = self
             .file
-            .write(data)
+            .write(data, end_member)
             .await
             .map_err(|e| io_error("writing", &self.path, e))?;
         self.record_behind()?;
-        self.written += len;
-        if let Some(place) = place {
-            self.behind = Some((place, self.written));
-        }
+        self.behind = place;
         Ok(spare)
     }
 
     /// Records in the sidecar the place the last finished write reached, when it is at least
-    /// [`CHECKPOINT_BYTES`] past the last sidecar's (call it only once that write is done).
+    /// [`CHECKPOINT_BYTES`] past the last sidecar's (call it only once that write is done:
+    /// the file's length is then where that place ends).
     fn record_behind(&mut self) -> Result<()> {
-        if let Some((done, part_bytes)) = self.behind.take()
+        if let Some(done) = self.behind.take()
             && done.data_bytes - self.checkpointed >= CHECKPOINT_BYTES
         {
-            self.checkpoint(&done, part_bytes)?;
+            self.checkpoint(&done, self.file.len())?;
             self.checkpointed = done.data_bytes;
         }
         Ok(())
@@ -767,7 +755,7 @@ impl Sink {
             line: place.after.line,
             lines_delivered: place.after.lines_delivered,
             validator: self.validator.clone(),
-            gzip: self.gzip.is_some(),
+            gzip: self.gzip,
         };
         let sidecar = sidecar_path(&self.path);
         let text = serde_json::to_vec(&state).unwrap_or_default();
@@ -780,28 +768,28 @@ impl Sink {
     }
 
     /// The end of the lines, handing the file over (not yet synced: the finisher syncs it
-    /// before the rename): the `.part`'s size once `tail` is appended, whether it has a
-    /// sidecar, the file (every earlier write done; still to create when none was), and
-    /// `tail`, the last buffered bytes
-    /// (or gzip member). The tail is written on the trip to the blocking pool that syncs or
-    /// finishes the file ([`sync_written`]), not on one of its own: a small file's lines
-    /// all go out there, one trip fewer per file.
-    async fn finish(mut self) -> Result<(u64, bool, Target, Vec<u8>)> {
-        let tail = match self.gzip.take() {
-            // Nothing since the last member (a resumed file, or one ending at a member
-            // end): no empty member. A file without any line still gets one.
-            Some(_) if self.member_in == 0 && self.written > 0 => Vec::new(),
-            Some(encoder) => encoder
-                .finish()
-                .map_err(|e| io_error("compressing", &self.path, e))?,
-            None => std::mem::take(&mut self.buffer),
-        };
-        let file = self
+    /// before the rename): whether it has a sidecar, the file (every earlier write done;
+    /// still to create when none was), and its [`Tail`], the last buffered lines (and gzip
+    /// member). The tail is written on the trip to the blocking pool that syncs or finishes
+    /// the file ([`sync_written`]), not on one of its own: a small file's lines all go out
+    /// there, one trip fewer per file.
+    async fn finish(self) -> Result<(bool, Target, Tail)> {
+        let (target, part_len, member) = self
             .file
             .into_target()
             .await
             .map_err(|e| io_error("writing", &self.path, e))?;
-        Ok((self.written + tail.len() as u64, self.sidecar, file, tail))
+        // Nothing since the last member (a resumed file, or one ending at a member end): no
+        // empty member. A file without any line still gets one.
+        let member = member
+            .filter(|_| self.member_in > 0 || part_len == 0)
+            .map(Box::new);
+        let tail = Tail {
+            lines: self.buffer,
+            member,
+            part_len,
+        };
+        Ok((self.sidecar, target, tail))
     }
 }
 
@@ -1202,7 +1190,9 @@ async fn save_attempt(
             return Err(error);
         }
     }
-    let (bytes, sidecar, handle, tail) = sink.finish().await?;
+    let (sidecar, handle, tail) = sink.finish().await?;
+    // The length once the tail is in; a gzip tail's is known once it is compressed.
+    let bytes = tail.part_len + tail.lines.len() as u64;
     if let Some(progress) = &options.on_progress {
         progress(path, tally.lines, tally.data_bytes);
     }
@@ -1227,7 +1217,7 @@ pub(super) struct Written {
     /// was written before the tail).
     handle: Target,
     /// The file's last bytes, not written yet: [`sync_written`] appends them.
-    tail: Vec<u8>,
+    tail: Tail,
     /// Whether it has a sidecar to remove.
     sidecar: bool,
     /// Whether it is synced ([`Durability::Synced`]).
@@ -1265,7 +1255,7 @@ impl Written {
 
     /// Bytes of its tail, held in memory until [`sync_written`] writes them.
     pub(super) fn tail_len(&self) -> usize {
-        self.tail.len()
+        self.tail.lines.len()
     }
 }
 
@@ -1286,21 +1276,37 @@ impl Synced {
 /// final. The saver runs several at once, each as soon as its file is written, so a slow
 /// disk overlaps its flushes.
 pub(super) fn sync_written(mut written: Written) -> Synced {
-    let tail = std::mem::take(&mut written.tail);
+    let Tail {
+        lines,
+        mut member,
+        part_len,
+    } = std::mem::replace(
+        &mut written.tail,
+        Tail {
+            lines: Vec::new(),
+            member: None,
+            part_len: 0,
+        },
+    );
     let durable = written.durable;
-    let result = written
-        .handle
-        .file()
-        .map_err(|e| ("creating", e))
-        .and_then(|file| {
-            if !tail.is_empty() {
-                file.write_all(&tail).map_err(|e| ("writing", e))?;
-            }
-            if durable {
-                file.sync_data().map_err(|e| ("syncing", e))?;
-            }
-            Ok(())
-        });
+    let mut finish = || {
+        written.handle.file().map_err(|e| ("creating", e))?;
+        let end_member = member.is_some();
+        let put = put(
+            &mut written.handle,
+            member.as_deref_mut(),
+            &lines,
+            end_member,
+        )
+        .map_err(|e| ("writing", e))?;
+        written.saved.bytes = part_len + put;
+        if durable {
+            let file = written.handle.file().map_err(|e| ("syncing", e))?;
+            file.sync_data().map_err(|e| ("syncing", e))?;
+        }
+        Ok(())
+    };
+    let result = finish();
     Synced {
         written,
         result: Some(result),
@@ -1424,12 +1430,9 @@ mod tests {
         }
         // 3 MiB in 12 writes of 256 KiB: a sidecar at about each MiB.
         assert!((1..=3).contains(&sidecars.len()), "{sidecars:?}");
-        let (bytes, had_sidecar, _, tail) = sink.finish().await.unwrap();
-        assert_eq!(bytes, 3072 * 1024);
-        assert_eq!(
-            std::fs::metadata(&part).unwrap().len() + tail.len() as u64,
-            bytes
-        );
+        let (had_sidecar, _, tail) = sink.finish().await.unwrap();
+        assert_eq!(tail.part_len + tail.lines.len() as u64, 3072 * 1024);
+        assert_eq!(std::fs::metadata(&part).unwrap().len(), tail.part_len);
         assert!(had_sidecar);
     }
 
@@ -1457,7 +1460,7 @@ mod tests {
             let written = Written {
                 part: part.clone(),
                 handle: Target::Open(handle),
-                tail: Vec::new(),
+                tail: Tail::ndjson(Vec::new(), 3),
                 sidecar: false,
                 durable,
                 saved: saved_file(&file, &path, Tally::default(), 3, 0, false),
@@ -1501,11 +1504,13 @@ mod tests {
                 // Every fourth file's lines all fit in its tail: its `.part` is created by
                 // the trip that finishes it.
                 let (handle, tail) = if i % 4 == 3 {
-                    (Target::Create(part.clone()), format!("{i}\n").into_bytes())
+                    let tail = Tail::ndjson(format!("{i}\n").into_bytes(), 0);
+                    (Target::Create(part.clone()), tail)
                 } else {
                     std::fs::write(&part, format!("{i}")).unwrap();
                     let file = std::fs::OpenOptions::new().append(true).open(&part);
-                    (Target::Open(file.unwrap()), b"\n".to_vec())
+                    let tail = Tail::ndjson(b"\n".to_vec(), format!("{i}").len() as u64);
+                    (Target::Open(file.unwrap()), tail)
                 };
                 Written {
                     handle,
