@@ -414,6 +414,9 @@ async fn gzip_output_verbose_and_quiet_lines() {
         "--gzip",
         "--concurrency",
         "1",
+        // The multi-thread runtime (the quiet run below is on the default single thread).
+        "--threads",
+        "2",
         "-v",
         FAST,
     ])
@@ -658,6 +661,10 @@ async fn bad_usage_exits_2_naming_the_flag_before_any_request() {
         (
             vec!["export", &base, "--concurrency", "0", "--output-dir", d],
             "--concurrency",
+        ),
+        (
+            vec!["export", &base, "--threads", "0", "--output-dir", d],
+            "--threads",
         ),
         (
             vec!["export", &base, "--since", "yesterday", "--output-dir", d],
