@@ -134,10 +134,12 @@ pub(super) fn put(
     if out.is_empty() {
         return Ok(0);
     }
-    target.file()?.write_all(out)?;
+    // Emptied whether or not the write succeeds: bytes of a failed write are never written
+    // again in front of later ones.
+    let written = target.file().and_then(|file| file.write_all(out));
     let len = out.len() as u64;
     out.clear();
-    Ok(len)
+    written.map(|()| len)
 }
 
 /// What a finished write hands back: the target, the encoder, the buffer (emptied, its
@@ -350,6 +352,28 @@ mod tests {
             .read_to_end(&mut decoded)
             .unwrap();
         assert_eq!(decoded, members.concat());
+    }
+
+    /// Compressed bytes whose write failed are dropped, not written in front of the next
+    /// member (the save fails and resumes from its sidecar; the encoder must not replay them).
+    #[test]
+    fn a_failed_member_write_leaves_nothing_behind_in_the_encoder() {
+        let dir = tempfile::tempdir().unwrap();
+        let read_only = dir.path().join("ro");
+        std::fs::write(&read_only, b"").unwrap();
+        let mut gzip = encoder();
+        let mut refused = Target::Open(std::fs::File::open(&read_only).unwrap());
+        assert!(put(&mut refused, Some(&mut gzip), b"lost\n", true).is_err());
+        let path = dir.path().join("f.gz");
+        let mut target = Target::Create(path.clone());
+        // Two members: the encoder's two buffers take turns, so a leftover would show in one.
+        put(&mut target, Some(&mut gzip), b"kept\n", true).unwrap();
+        put(&mut target, Some(&mut gzip), b"more\n", true).unwrap();
+        let mut decoded = String::new();
+        flate2::read::MultiGzDecoder::new(&std::fs::read(&path).unwrap()[..])
+            .read_to_string(&mut decoded)
+            .unwrap();
+        assert_eq!(decoded, "kept\nmore\n");
     }
 
     #[tokio::test]
