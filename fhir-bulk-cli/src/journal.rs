@@ -91,29 +91,25 @@ impl Encoder {
                 && g.prefix == prefix
                 && g.ext == ext
         });
-        let index = match found {
-            Some(index) => index,
-            None => {
-                let def = Group {
-                    kind: record.kind,
-                    resource_type: record.resource_type.clone(),
-                    prefix: prefix.to_owned(),
-                    ext: ext.to_owned(),
-                };
-                let group = u32::try_from(self.groups.len()).unwrap_or(u32::MAX);
-                serde_json::to_writer(
-                    &mut *out,
-                    &GroupLine {
-                        group,
-                        def: def.clone(),
-                    },
-                )?;
-                out.push(b'\n');
-                self.groups.push(def);
-                self.groups.len() - 1
-            }
-        };
+        let index = found.unwrap_or(self.groups.len());
         let group = u32::try_from(index).unwrap_or(u32::MAX);
+        if found.is_none() {
+            let def = Group {
+                kind: record.kind,
+                resource_type: record.resource_type.clone(),
+                prefix: prefix.to_owned(),
+                ext: ext.to_owned(),
+            };
+            serde_json::to_writer(
+                &mut *out,
+                &GroupLine {
+                    group,
+                    def: def.clone(),
+                },
+            )?;
+            out.push(b'\n');
+            self.groups.push(def);
+        }
         let r = record;
         if r.data_bytes == r.bytes {
             serde_json::to_writer(&mut *out, &(group, part, r.url, r.resources, r.bytes))?;

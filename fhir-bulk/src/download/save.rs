@@ -587,7 +587,7 @@ const CHECKPOINT_BYTES: u64 = 1024 * 1024;
 pub(crate) const GZIP_MEMBER_BYTES: u64 = 1024 * 1024;
 
 /// A written file's last bytes, handed to the trip that syncs or finishes it.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct Tail {
     /// The lines not written yet (NDJSON, compressed by that trip for a gzip save).
     lines: Vec<u8>,
@@ -1280,14 +1280,7 @@ pub(super) fn sync_written(mut written: Written) -> Synced {
         lines,
         mut member,
         part_len,
-    } = std::mem::replace(
-        &mut written.tail,
-        Tail {
-            lines: Vec::new(),
-            member: None,
-            part_len: 0,
-        },
-    );
+    } = std::mem::take(&mut written.tail);
     let durable = written.durable;
     let mut finish = || {
         written.handle.file().map_err(|e| ("creating", e))?;

@@ -157,8 +157,6 @@ pub(super) struct WriteBehind {
     target: Option<Target>,
     /// The current gzip member's encoder (a gzip save), while no write runs.
     gzip: Option<Encoder>,
-    /// Whether the save is gzip (the encoder may be away on a write).
-    is_gzip: bool,
     /// The running write.
     running: Option<JoinHandle<Done>>,
     /// The buffer of the last finished write, emptied, for the caller's next fill.
@@ -173,7 +171,6 @@ impl WriteBehind {
     pub(super) fn new(target: Target, len: u64, gzip: Option<Encoder>) -> WriteBehind {
         WriteBehind {
             target: Some(target),
-            is_gzip: gzip.is_some(),
             gzip,
             running: None,
             spare: Vec::new(),
@@ -191,7 +188,8 @@ impl WriteBehind {
         end_member: bool,
     ) -> io::Result<Vec<u8>> {
         self.wait().await?;
-        if data.is_empty() && !(self.is_gzip && end_member) {
+        // After the wait the encoder, if any, is back.
+        if data.is_empty() && !(self.gzip.is_some() && end_member) {
             return Ok(data);
         }
         let mut target = self.target.take().ok_or_else(lost)?;
