@@ -62,25 +62,24 @@ use clap::FromArgMatches;
 use error::CliError;
 use std::process::ExitCode;
 
+/// The file and terminal options of the subcommands that download (none for the others).
+fn output_args(command: &Command) -> Option<&args::OutputArgs> {
+    match command {
+        Command::Export(args) => Some(&args.output),
+        Command::Download(args) => Some(&args.output),
+        Command::Demo(args) => Some(&args.output),
+        _ => None,
+    }
+}
+
 /// `-v` and `--quiet` of the subcommand, for the tracing events shown.
 fn verbosity(command: &Command) -> progress::Verbosity {
-    let output = match command {
-        Command::Export(args) => &args.output,
-        Command::Download(args) => &args.output,
-        Command::Demo(args) => &args.output,
-        _ => return progress::Verbosity::Normal,
-    };
-    progress::Verbosity::of(output)
+    output_args(command).map_or(progress::Verbosity::Normal, progress::Verbosity::of)
 }
 
 /// `--threads` of the subcommands that download (1 for the others).
 fn threads(command: &Command) -> u16 {
-    match command {
-        Command::Export(args) => args.output.threads,
-        Command::Download(args) => args.output.threads,
-        Command::Demo(args) => args.output.threads,
-        _ => 1,
-    }
+    output_args(command).map_or(1, |output| output.threads)
 }
 
 /// The runtime for `threads` (`--threads`): one thread runs everything (tokio's current-thread
@@ -193,8 +192,21 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::runtime;
+    use super::{runtime, threads};
+    use clap::Parser;
     use tokio::runtime::RuntimeFlavor;
+
+    /// `--threads` reaches the runtime choice for the subcommands that download, and is 1
+    /// (one thread) when not given and for the others.
+    #[test]
+    fn the_threads_flag_chooses_the_workers() {
+        let parsed = |words: &[&str]| threads(&super::Cli::parse_from(words).command);
+        let download = ["fhir-bulk", "download", "m.json", "--output-dir", "out"];
+        assert_eq!(parsed(&download), 1);
+        assert_eq!(parsed(&[&download[..], &["--threads", "3"]].concat()), 3);
+        assert_eq!(parsed(&["fhir-bulk", "demo", "--threads", "2"]), 2);
+        assert_eq!(parsed(&["fhir-bulk", "status", "https://h/status/1"]), 1);
+    }
 
     /// `--threads 1` (the default) is the current-thread runtime; more is a multi-thread
     /// runtime with exactly that many workers.
