@@ -352,6 +352,31 @@ mod tests {
         assert_eq!(decoded, members.concat());
     }
 
+    /// A gzip write takes the encoder with it to the blocking pool: the caller (a runtime
+    /// worker) is handed back its next buffer while the encoder is away, so the deflate work
+    /// is not done on the caller's thread; it comes back with the finished write.
+    #[tokio::test]
+    async fn a_gzip_write_compresses_on_the_blocking_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.gz");
+        let mut file = WriteBehind::new(Target::Create(path.clone()), 0, Some(encoder()));
+        let lines: Vec<u8> = (0..20_000)
+            .flat_map(|i| format!("{{\"line\":{i}}}\n").into_bytes())
+            .collect();
+        let _ = file.write(lines.clone(), true).await.unwrap();
+        assert!(file.gzip.is_none(), "the encoder is away with the write");
+        assert!(file.running.is_some());
+        file.wait().await.unwrap();
+        assert!(file.gzip.is_some(), "and back once it is done");
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(file.len(), written.len() as u64);
+        let mut decoded = Vec::new();
+        flate2::read::MultiGzDecoder::new(&written[..])
+            .read_to_end(&mut decoded)
+            .unwrap();
+        assert_eq!(decoded, lines);
+    }
+
     /// Compressed bytes whose write failed are dropped, not written in front of the next
     /// member (the save fails and resumes from its sidecar; the encoder must not replay them).
     #[test]
