@@ -84,6 +84,9 @@ pub struct RawReply {
     bytes: Vec<u8>,
     delay: Duration,
     after: After,
+    /// Built by [`RawReply::framed`]: a well-behaved answer, which says `Connection: close`
+    /// when the connection closes after it.
+    framed: bool,
 }
 
 impl fmt::Debug for RawReply {
@@ -103,6 +106,7 @@ impl RawReply {
             bytes: bytes.into(),
             delay: Duration::ZERO,
             after: After::Close,
+            framed: false,
         }
     }
 
@@ -121,12 +125,34 @@ impl RawReply {
         Self::bytes(bytes)
     }
 
-    /// A well-framed answer: these headers plus a `Content-Length` that matches the body.
+    /// A well-framed answer: these headers plus a `Content-Length` that matches the body,
+    /// and `Connection: close` when the connection closes after it (the default; not with
+    /// [`RawReply::keep_alive`] or [`RawReply::hang`]), as a well-behaved server says, so a
+    /// client never sends its next request on a connection being closed.
     pub fn framed(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Self {
         let len = body.len().to_string();
         let mut all: Vec<(&str, &str)> = headers.to_vec();
         all.push(("Content-Length", &len));
-        Self::response(status, &all, body)
+        Self {
+            framed: true,
+            ..Self::response(status, &all, body)
+        }
+    }
+
+    /// The bytes to write: a framed answer that closes the connection gets `Connection:
+    /// close` at the end of its head.
+    fn wire_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        let head_end = self.bytes.windows(4).position(|w| w == b"\r\n\r\n");
+        match head_end {
+            Some(end) if self.framed && self.after == After::Close => {
+                let mut bytes = Vec::with_capacity(self.bytes.len() + 19);
+                bytes.extend_from_slice(&self.bytes[..end + 2]);
+                bytes.extend_from_slice(b"Connection: close\r\n");
+                bytes.extend_from_slice(&self.bytes[end + 2..]);
+                bytes.into()
+            }
+            _ => self.bytes.as_slice().into(),
+        }
     }
 
     /// Waits this long before writing anything.
@@ -271,7 +297,7 @@ async fn serve(mut stream: TcpStream, connection: usize, shared: Arc<Shared>) {
         if !reply.delay.is_zero() {
             tokio::time::sleep(reply.delay).await;
         }
-        if stream.write_all(&reply.bytes).await.is_err() || stream.flush().await.is_err() {
+        if stream.write_all(&reply.wire_bytes()).await.is_err() || stream.flush().await.is_err() {
             return;
         }
         match reply.after {
@@ -366,6 +392,28 @@ mod tests {
         let n = stream.read(&mut chunk).await.unwrap();
         out.extend_from_slice(&chunk[..n]);
         (out, stream)
+    }
+
+    /// A framed answer that closes says so; one that keeps the connection does not, and
+    /// scripted bytes get nothing added.
+    #[tokio::test]
+    async fn a_framed_answer_that_closes_says_connection_close() {
+        let server = RawServer::start(|r, _| match r.path() {
+            "/keep" => RawReply::framed(200, &[("X-A", "1")], b"ok").keep_alive(),
+            _ => RawReply::framed(200, &[("X-A", "1")], b"ok"),
+        })
+        .await
+        .unwrap();
+        let (out, _) = get(&server, "/close").await;
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        );
+        let (out, _) = get(&server, "/keep").await;
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nok"
+        );
     }
 
     #[tokio::test]

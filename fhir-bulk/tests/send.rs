@@ -131,14 +131,9 @@ async fn a_kick_off_with_a_token_fetch_can_be_spawned() {
     use fhir_bulk_test_server::raw::{RawReply, RawServer};
     let server = RawServer::start(|req, _| {
         if req.path() == "/token" {
-            // The raw server closes each connection after its answer: said so, or the
-            // kick-off could go out on the closing connection (a kick-off is not retried).
             RawReply::framed(
                 200,
-                &[
-                    ("Content-Type", "application/json"),
-                    ("Connection", "close"),
-                ],
+                &[("Content-Type", "application/json")],
                 br#"{"access_token":"t-1","token_type":"bearer","expires_in":300}"#,
             )
         } else {
